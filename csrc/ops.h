@@ -1,0 +1,56 @@
+// Declarations of every CPU and CUDA implementation of the moe_ext ops, with their shape
+// contracts. Schemas live in torch_bindings.cpp; notation as in the design: T tokens, k top_k,
+// numel = T*k routes, E experts, L adapter slots, BS block_size, P padded length per slot.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+#include <torch/all.h>
+
+namespace moe_ext {
+
+// Padded length of one slot's sorted_token_ids: room for every route plus, for each expert that
+// can be non-empty (at most min(E, numel) of them), a partly filled last block.
+// Mirrored by moe_ext/_shapes.py::padded_length (a test asserts they agree).
+inline int64_t padded_length(int64_t numel, int64_t num_experts, int64_t block_size) {
+  const int64_t worst = numel + std::min(num_experts, numel) * (block_size - 1);
+  return (worst + block_size - 1) / block_size * block_size;
+}
+
+constexpr int64_t kMaxExperts = 1024;
+
+// ---- moe_align -------------------------------------------------------------------------------
+// topk_ids [T, k] int32|int64; expert_map [E_global] int32 or none.
+// Outputs: sorted_token_ids [P] int32, expert_ids [P/BS] int32, num_tokens_post_pad [1] int32.
+void moe_align_block_size_out_cpu(const at::Tensor& topk_ids, int64_t num_experts,
+                                  int64_t block_size, const std::optional<at::Tensor>& expert_map,
+                                  const at::Tensor& sorted_token_ids, const at::Tensor& expert_ids,
+                                  const at::Tensor& num_tokens_post_pad);
+// token_lora_mapping [T] int32; adapter_enabled [L] or [L+1] int32|bool or none.
+// Outputs: sorted_token_ids [L, P], expert_ids [L, P/BS], num_tokens_post_pad [L], all int32.
+void moe_lora_align_block_size_out_cpu(const at::Tensor& topk_ids,
+                                       const at::Tensor& token_lora_mapping, int64_t num_experts,
+                                       int64_t block_size, int64_t max_loras,
+                                       const std::optional<at::Tensor>& adapter_enabled,
+                                       const std::optional<at::Tensor>& expert_map,
+                                       const at::Tensor& sorted_token_ids,
+                                       const at::Tensor& expert_ids,
+                                       const at::Tensor& num_tokens_post_pad);
+#ifdef MOE_EXT_WITH_CUDA
+void moe_align_block_size_out_cuda(const at::Tensor& topk_ids, int64_t num_experts,
+                                   int64_t block_size, const std::optional<at::Tensor>& expert_map,
+                                   const at::Tensor& sorted_token_ids, const at::Tensor& expert_ids,
+                                   const at::Tensor& num_tokens_post_pad);
+void moe_lora_align_block_size_out_cuda(const at::Tensor& topk_ids,
+                                        const at::Tensor& token_lora_mapping, int64_t num_experts,
+                                        int64_t block_size, int64_t max_loras,
+                                        const std::optional<at::Tensor>& adapter_enabled,
+                                        const std::optional<at::Tensor>& expert_map,
+                                        const at::Tensor& sorted_token_ids,
+                                        const at::Tensor& expert_ids,
+                                        const at::Tensor& num_tokens_post_pad);
+#endif
+
+}  // namespace moe_ext
