@@ -14,15 +14,21 @@ from .ops.moe_align import (
     moe_lora_align_block_size,
     moe_lora_align_block_size_out,
 )
+from .ops.nvfp4 import (
+    nvfp4_dequantize,
+    nvfp4_global_scale,
+    nvfp4_quantize,
+    nvfp4_swizzle_scales,
+    nvfp4_unswizzle_scales,
+)
 
 __version__ = "0.1.0"
 
 
 def cuda_kernels_built() -> bool:
     """True when this build registered CUDA kernels (independent of a GPU being visible)."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key(
-        "moe_ext::moe_align_block_size_out", "CUDA"
-    )
+    registered = torch._C._dispatch_get_registrations_for_dispatch_key("CUDA")
+    return any(name.startswith("moe_ext::") for name in registered)
 
 
 def cuda_available() -> bool:
@@ -38,4 +44,9 @@ __all__ = [
     "moe_align_block_size_out",
     "moe_lora_align_block_size",
     "moe_lora_align_block_size_out",
+    "nvfp4_quantize",
+    "nvfp4_dequantize",
+    "nvfp4_swizzle_scales",
+    "nvfp4_unswizzle_scales",
+    "nvfp4_global_scale",
 ]

@@ -4,7 +4,7 @@ from typing import Optional
 
 import torch
 
-from ._shapes import align_shapes
+from ._shapes import align_shapes, round_up
 
 
 def _valid_experts(topk_ids: torch.Tensor, num_experts: int, expert_map: Optional[torch.Tensor]):
@@ -74,3 +74,71 @@ def moe_lora_align_block_size(
             mine, num_experts, block_size, p
         )
     return sorted_ids, block_experts, totals
+
+
+# ---- nvfp4 ----------------------------------------------------------------------------------
+
+_E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def nvfp4_swizzled_offsets(rows: int, cols: int) -> torch.Tensor:
+    """[rows, cols] int64: byte offset of scale (m, c) in the 128x4 swizzled layout."""
+    m = torch.arange(rows).unsqueeze(1)
+    c = torch.arange(cols).unsqueeze(0)
+    col_tiles = (cols + 3) // 4
+    return (
+        (m // 128) * (col_tiles * 512) + (c // 4) * 512 + (m % 32) * 16 + ((m % 128) // 32) * 4
+        + c % 4
+    )
+
+
+def nvfp4_swizzle_scales(scales: torch.Tensor) -> torch.Tensor:
+    """Reference of torch.ops.moe_ext.nvfp4_swizzle_scales (CPU)."""
+    rows, cols = scales.shape
+    out = torch.zeros(round_up(rows, 128) * round_up(cols, 4), dtype=torch.uint8)
+    out[nvfp4_swizzled_offsets(rows, cols).flatten()] = scales.cpu().view(torch.uint8).flatten()
+    return out.view(torch.float8_e4m3fn).reshape(round_up(rows, 128), round_up(cols, 4))
+
+
+def nvfp4_unswizzle_scales(swizzled: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Reference of torch.ops.moe_ext.nvfp4_unswizzle_scales (CPU)."""
+    flat = swizzled.cpu().reshape(-1).view(torch.uint8)
+    return flat[nvfp4_swizzled_offsets(rows, cols)].view(torch.float8_e4m3fn)
+
+
+def nvfp4_quantize(x: torch.Tensor, global_scale: torch.Tensor, swizzle: bool = False):
+    """Reference of torch.ops.moe_ext.nvfp4_quantize (CPU, float32 math in the same order)."""
+    k = x.shape[-1]
+    gs = global_scale.cpu().float().reshape(())
+    blocks = x.cpu().float().reshape(-1, k // 16, 16)
+    amax = blocks.abs().amax(-1)
+    sf = (gs * amax / 6.0).clamp(max=448.0).to(torch.float8_e4m3fn)
+    sf_value = sf.float()
+    mult = torch.where(sf_value > 0, gs / sf_value, torch.zeros_like(sf_value))
+    v = blocks * mult.unsqueeze(-1)
+    a = v.abs()
+    codes = (
+        (a > 0.25).int() + (a >= 0.75).int() + (a > 1.25).int() + (a >= 1.75).int()
+        + (a > 2.5).int() + (a >= 3.5).int() + (a > 5.0).int()
+    )
+    codes = (codes | torch.signbit(v).int() * 8).reshape(-1, k // 2, 2)
+    packed = (codes[..., 0] | (codes[..., 1] << 4)).to(torch.uint8)
+    packed = packed.reshape(*x.shape[:-1], k // 2)
+    if swizzle:
+        return packed, nvfp4_swizzle_scales(sf.reshape(-1, k // 16))
+    return packed, sf.reshape(*x.shape[:-1], k // 16)
+
+
+def nvfp4_dequantize(packed, scales, global_scale, dtype=torch.bfloat16, swizzled=False):
+    """Reference of torch.ops.moe_ext.nvfp4_dequantize (CPU)."""
+    k = packed.shape[-1] * 2
+    rows = packed.numel() // max(packed.shape[-1], 1)
+    gs = global_scale.cpu().float().reshape(())
+    if swizzled:
+        scales = nvfp4_unswizzle_scales(scales, rows, k // 16)
+    factor = scales.cpu().float().reshape(rows, k // 16) / gs
+    p = packed.cpu().reshape(rows, k // 2).int()
+    codes = torch.stack((p & 0xF, p >> 4), -1).reshape(rows, k // 16, 16)
+    table = torch.tensor(_E2M1_VALUES + tuple(-v for v in _E2M1_VALUES))
+    out = table[codes.long()] * factor.unsqueeze(-1)
+    return out.to(dtype).reshape(*packed.shape[:-1], k)

@@ -1,0 +1,114 @@
+"""All-to-all through FlashInfer's one-sided NVLink kernels (`flashinfer.comm`, moe_a2a_*).
+
+FlashInfer is optional and imported only here, lazily. Each rank writes its tokens straight
+into the peers' receive buffers of a shared workspace; rows of one source arrive in the order
+the sending threads claimed them, so unlike the torch backend the order of a source's rows is not
+the token order (the set of rows and their contents are the same).
+"""
+
+import importlib.util
+
+import torch
+import torch.distributed as dist
+
+from ._layout import A2AConfig, DispatchResult, experts_of_rank
+
+
+def flashinfer_importable() -> bool:
+    return importlib.util.find_spec("flashinfer") is not None
+
+
+def _fi():
+    from flashinfer.comm import trtllm_moe_alltoall
+
+    return trtllm_moe_alltoall
+
+
+def payload_bytes(cfg: A2AConfig) -> tuple[int, int]:
+    """(dispatch, combine) bytes per token: ids + weights + NVFP4 row + scales; bf16 row."""
+    return 8 * cfg.top_k + cfg.hidden_size // 2 + cfg.hidden_size // 16, 2 * cfg.hidden_size
+
+
+def workspace_size_per_rank(cfg: A2AConfig) -> int:
+    dispatch_bytes, combine_bytes = payload_bytes(cfg)
+    return int(
+        _fi().moe_a2a_get_workspace_size_per_rank(
+            cfg.ep, cfg.max_tokens_per_rank, dispatch_bytes, combine_bytes
+        )
+    )
+
+
+class FlashInferAllToAll:
+    """One rank's side of a FlashInfer workspace `[ep, size_per_rank]` uint8."""
+
+    def __init__(self, cfg: A2AConfig, workspace: torch.Tensor, metainfo, owner=None):
+        self.cfg = cfg
+        self.workspace = workspace
+        self.metainfo = metainfo
+        self._owner = owner  # keeps the peer-mapped allocation alive
+        self._combine_offset = None
+        self._own_expert = experts_of_rank(cfg.num_experts, cfg.ep, cfg.rank).start
+
+    @classmethod
+    def create(cls, cfg: A2AConfig, group) -> "FlashInferAllToAll":
+        """Collective over `group`: allocate the workspace, map every peer's part, initialize."""
+        from flashinfer.comm.comm_backend import TorchDistBackend
+        from flashinfer.comm.mapping import Mapping
+        from flashinfer.comm.mnnvl import MnnvlConfig, MnnvlMemory
+
+        mapping = Mapping(
+            world_size=cfg.ep, rank=cfg.rank, gpus_per_node=cfg.ep, tp_size=cfg.ep,
+            moe_ep_size=cfg.ep,
+        )
+        MnnvlMemory.initialize()
+        MnnvlMemory.set_comm_from_config(mapping, MnnvlConfig(comm_backend=TorchDistBackend(group)))
+        memory = MnnvlMemory(mapping, workspace_size_per_rank(cfg))
+        workspace = memory.as_torch_strided_tensor(torch.uint8)
+        metainfo = _fi().moe_a2a_initialize(workspace, cfg.rank, cfg.ep, cfg.max_tokens_per_rank)
+        # No peer may write into this rank's workspace before its initialization is done.
+        dist.barrier(group=group)
+        return cls(cfg, workspace, metainfo, owner=memory)
+
+    def _routing_ids(self, topk_ids: torch.Tensor) -> torch.Tensor:
+        """Ids the kernel routes by: an invalid id is replaced by a valid id of the same token
+        (so it adds no destination); a token without any valid id stays on its own rank, where
+        its original ids (carried as payload) route it to no expert."""
+        e = self.cfg.num_experts
+        valid = (topk_ids >= 0) & (topk_ids < e)
+        first = topk_ids.gather(1, valid.int().argmax(1, keepdim=True))
+        fallback = torch.where(valid.any(1, keepdim=True), first, self._own_expert)
+        return torch.where(valid, topk_ids, fallback).int().contiguous()
+
+    def dispatch(self, topk_ids, topk_weights, x_fp4, x_scales, t_max) -> DispatchResult:
+        cfg = self.cfg
+        fi = _fi()
+        # 4-byte payloads first: FlashInfer packs payload planes back to back.
+        payloads = [
+            topk_ids.contiguous(),
+            topk_weights.contiguous(),
+            x_fp4.contiguous(),
+            x_scales.contiguous().view(torch.uint8),
+        ]
+        recv, self._combine_offset, _ = fi.moe_a2a_dispatch(
+            self._routing_ids(topk_ids), payloads, self.workspace, self.metainfo, t_max,
+            cfg.rank, cfg.ep, cfg.top_k, cfg.num_experts,
+        )
+        ids, weights, fp4, scales = recv
+        fi.moe_a2a_sanitize_expert_ids(ids, self.workspace, self.metainfo, cfg.rank, -1)
+        return DispatchResult(
+            x_fp4=fp4, x_scales=scales.view(torch.float8_e4m3fn), topk_ids=ids,
+            topk_weights=weights,
+        )
+
+    def combine(self, expert_output, out, num_tokens, t_max):
+        cfg = self.cfg
+        offset, self._combine_offset = self._combine_offset, None
+        return _fi().moe_a2a_combine(
+            expert_output.contiguous(), num_tokens, self.workspace, self.metainfo, t_max,
+            cfg.rank, cfg.ep, cfg.top_k, offset, output=out,
+        )
+
+    def close(self):
+        self.workspace = None
+        self.metainfo = None
+        self._owner = None
