@@ -29,8 +29,9 @@ __version__ = "0.1.0"
 
 def cuda_kernels_built() -> bool:
     """True when this build registered CUDA kernels (independent of a GPU being visible)."""
-    registered = torch._C._dispatch_get_registrations_for_dispatch_key("CUDA")
-    return any(name.startswith("moe_ext::") for name in registered)
+    return torch._C._dispatch_has_kernel_for_dispatch_key(
+        "moe_ext::moe_align_block_size_out", "CUDA"
+    )
 
 
 def cuda_available() -> bool:

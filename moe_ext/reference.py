@@ -142,3 +142,51 @@ def nvfp4_dequantize(packed, scales, global_scale, dtype=torch.bfloat16, swizzle
     table = torch.tensor(_E2M1_VALUES + tuple(-v for v in _E2M1_VALUES))
     out = table[codes.long()] * factor.unsqueeze(-1)
     return out.to(dtype).reshape(*packed.shape[:-1], k)
+
+
+# ---- a2a ------------------------------------------------------------------------------------
+
+
+def a2a_owner(expert: int, num_experts: int, ep: int) -> int:
+    """Rank owning a global expert: the first E % ep ranks own E // ep + 1 experts each."""
+    base, extra = divmod(num_experts, ep)
+    split = extra * (base + 1)
+    return expert // (base + 1) if expert < split else extra + (expert - split) // base
+
+
+def a2a_destinations(topk_ids: torch.Tensor, num_experts: int, ep: int) -> list[list[int]]:
+    """For each token, the ascending ranks owning at least one of its valid experts."""
+    out = []
+    for row in topk_ids.cpu().tolist():
+        ranks = {a2a_owner(e, num_experts, ep) for e in row if 0 <= e < num_experts}
+        out.append(sorted(ranks))
+    return out
+
+
+def a2a_dispatch(per_rank: list, num_experts: int, ep: int, t_max: int) -> list:
+    """Receive side of every rank. per_rank[s]: dict with topk_ids [T, k] int32,
+    topk_weights [T, k], x_fp4 [T, H/2], x_scales [T, H/16] of source rank s. Returns, per
+    destination rank, a dict of [ep, T_max, *] tensors (row [s, j] = j-th token, in ascending
+    token order, that s sent there; ids -1 and zero payload elsewhere) and counts [ep]."""
+    k = per_rank[0]["topk_ids"].shape[1]
+    h2 = per_rank[0]["x_fp4"].shape[1]
+    result = []
+    for d in range(ep):
+        recv = {
+            "topk_ids": torch.full((ep, t_max, k), -1, dtype=torch.int32),
+            "topk_weights": torch.zeros(ep, t_max, k),
+            "x_fp4": torch.zeros(ep, t_max, h2, dtype=torch.uint8),
+            "x_scales": torch.zeros(ep, t_max, h2 // 8, dtype=torch.uint8),
+            "counts": torch.zeros(ep, dtype=torch.int64),
+        }
+        for s, src in enumerate(per_rank):
+            dests = a2a_destinations(src["topk_ids"], num_experts, ep)
+            tokens = [t for t, ranks in enumerate(dests) if d in ranks]
+            for j, t in enumerate(tokens):
+                recv["topk_ids"][s, j] = src["topk_ids"][t].cpu()
+                recv["topk_weights"][s, j] = src["topk_weights"][t].cpu()
+                recv["x_fp4"][s, j] = src["x_fp4"][t].cpu()
+                recv["x_scales"][s, j] = src["x_scales"][t].cpu().view(torch.uint8)
+            recv["counts"][s] = len(tokens)
+        result.append(recv)
+    return result

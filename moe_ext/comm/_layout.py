@@ -18,7 +18,9 @@ class DispatchResult:
 
     `x_fp4` uint8 `[.., H/2]`, `x_scales` float8_e4m3fn `[.., H/16]` (linear layout),
     `topk_ids` int32 `[.., k]` (global expert ids, -1 on rows that carry no token),
-    `topk_weights` float32 `[.., k]`.
+    `topk_weights` float32 `[.., k]`. With the flashinfer backend the rows of one source come
+    in arrival order rather than token order, and a token without any valid expert id arrives
+    on its own rank as a row whose ids are all invalid (it routes to no expert).
     """
 
     x_fp4: torch.Tensor

@@ -125,9 +125,9 @@ class NvFp4AllToAll:
 
     def _check_peers(self, t_max: int, num_tokens: int):
         mine = torch.tensor([t_max, num_tokens], dtype=torch.int64, device=self.cfg.device)
-        every = torch.empty(self.cfg.ep, 2, dtype=torch.int64, device=self.cfg.device)
+        every = torch.empty(self.cfg.ep * 2, dtype=torch.int64, device=self.cfg.device)
         dist.all_gather_into_tensor(every, mine, group=self.group)
-        t_maxes = every[:, 0].tolist()
+        t_maxes = every.view(self.cfg.ep, 2)[:, 0].tolist()
         if len(set(t_maxes)) != 1:
             raise ValueError(
                 f"runtime_max_tokens_per_rank must be the same on every rank, got {t_maxes}"

@@ -47,6 +47,7 @@ class FlashInferAllToAll:
         self.metainfo = metainfo
         self._owner = owner  # keeps the peer-mapped allocation alive
         self._combine_offset = None
+        self._unrouted = None  # [T, 1] bool: tokens without any valid expert
         self._own_expert = experts_of_rank(cfg.num_experts, cfg.ep, cfg.rank).start
 
     @classmethod
@@ -71,29 +72,34 @@ class FlashInferAllToAll:
 
     def _routing_ids(self, topk_ids: torch.Tensor) -> torch.Tensor:
         """Ids the kernel routes by: an invalid id is replaced by a valid id of the same token
-        (so it adds no destination); a token without any valid id stays on its own rank, where
-        its original ids (carried as payload) route it to no expert."""
+        (so it adds no destination). A token without any valid id is sent to its own rank, as a
+        row whose ids (the original ones, carried as payload) route it to no expert; combine
+        returns 0 for it, whatever that row's expert output holds."""
         e = self.cfg.num_experts
         valid = (topk_ids >= 0) & (topk_ids < e)
+        routed = valid.any(1, keepdim=True)
+        self._unrouted = ~routed
         first = topk_ids.gather(1, valid.int().argmax(1, keepdim=True))
-        fallback = torch.where(valid.any(1, keepdim=True), first, self._own_expert)
+        fallback = torch.where(routed, first, self._own_expert)
         return torch.where(valid, topk_ids, fallback).int().contiguous()
 
     def dispatch(self, topk_ids, topk_weights, x_fp4, x_scales, t_max) -> DispatchResult:
         cfg = self.cfg
         fi = _fi()
-        # 4-byte payloads first: FlashInfer packs payload planes back to back.
+        # FlashInfer packs the payload planes back to back and has a dedicated kernel path for
+        # this NVFP4 order (activations, scales, ids, weights); H % 64 == 0 keeps the 4-byte
+        # planes aligned.
         payloads = [
-            topk_ids.contiguous(),
-            topk_weights.contiguous(),
             x_fp4.contiguous(),
             x_scales.contiguous().view(torch.uint8),
+            topk_ids.contiguous(),
+            topk_weights.contiguous(),
         ]
         recv, self._combine_offset, _ = fi.moe_a2a_dispatch(
             self._routing_ids(topk_ids), payloads, self.workspace, self.metainfo, t_max,
             cfg.rank, cfg.ep, cfg.top_k, cfg.num_experts,
         )
-        ids, weights, fp4, scales = recv
+        fp4, scales, ids, weights = recv
         fi.moe_a2a_sanitize_expert_ids(ids, self.workspace, self.metainfo, cfg.rank, -1)
         return DispatchResult(
             x_fp4=fp4, x_scales=scales.view(torch.float8_e4m3fn), topk_ids=ids,
@@ -103,10 +109,11 @@ class FlashInferAllToAll:
     def combine(self, expert_output, out, num_tokens, t_max):
         cfg = self.cfg
         offset, self._combine_offset = self._combine_offset, None
-        return _fi().moe_a2a_combine(
+        out = _fi().moe_a2a_combine(
             expert_output.contiguous(), num_tokens, self.workspace, self.metainfo, t_max,
             cfg.rank, cfg.ep, cfg.top_k, offset, output=out,
         )
+        return out.masked_fill_(self._unrouted, 0.0)
 
     def close(self):
         self.workspace = None

@@ -189,9 +189,9 @@ __global__ void dequantize_kernel(const uint8_t* __restrict__ packed,
 }
 
 // One thread per byte of the swizzled layout, padding included (written as 0).
-__global__ inline void swizzle_kernel(const uint8_t* __restrict__ scales, uint8_t* __restrict__ out,
-                                      int64_t rows, int64_t cols, int64_t col_tiles,
-                                      int64_t total) {
+static __global__ void swizzle_kernel(const uint8_t* __restrict__ scales,
+                                      uint8_t* __restrict__ out, int64_t rows, int64_t cols,
+                                      int64_t col_tiles, int64_t total) {
   const int64_t o = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (o >= total) return;
   const int64_t tile_row = o / (col_tiles * kTileBytes);
@@ -202,7 +202,7 @@ __global__ inline void swizzle_kernel(const uint8_t* __restrict__ scales, uint8_
   out[o] = (m < rows && c < cols) ? scales[m * cols + c] : uint8_t{0};
 }
 
-__global__ inline void unswizzle_kernel(const uint8_t* __restrict__ swizzled,
+static __global__ void unswizzle_kernel(const uint8_t* __restrict__ swizzled,
                                         uint8_t* __restrict__ out, int64_t rows, int64_t cols,
                                         int64_t col_tiles) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
