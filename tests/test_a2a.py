@@ -21,6 +21,7 @@ from a2a_cases import (
 import moe_ext
 from moe_ext import reference as ref
 from moe_ext.comm import NvFp4AllToAll, experts_of_rank, flashinfer_importable
+from moe_ext.comm.flashinfer_backend import unsupported_reason
 
 E, K, H = 7, 3, 64  # 7 experts: uneven split over 2 and 3 ranks
 MAX_TOKENS = 10
@@ -114,6 +115,8 @@ def test_bad_configuration_raises():
                 NvFp4AllToAll(None, 8, 2, 64, 4, backend="nccl")
             with pytest.raises(ValueError, match="CUDA"):
                 NvFp4AllToAll(None, 8, 2, 64, 4, backend="flashinfer")
+            assert unsupported_reason(3, 2) and unsupported_reason(8, 65)
+            assert unsupported_reason(8, 2) is None
         finally:
             dist.destroy_process_group()
 
@@ -126,7 +129,7 @@ needs_flashinfer = pytest.mark.skipif(
 @pytest.mark.cuda
 @needs_flashinfer
 @pytest.mark.parametrize("ep,hidden,num_experts,top_k", [(2, 2048, 64, 8), (4, 7168, 256, 8),
-                                                          (3, 1024, 7, 3)])
+                                                          (3, 1024, 7, 4)])
 def test_flashinfer_simulated_ranks(ep, hidden, num_experts, top_k):
     from moe_ext.comm.simulate import SimulatedFlashInferRanks
 

@@ -25,7 +25,7 @@ from moe_ext import reference as ref  # noqa: E402
 from moe_ext.comm import NvFp4AllToAll, flashinfer_importable  # noqa: E402
 
 # (num_experts, top_k, hidden, max_tokens_per_rank, tokens of each rank)
-CONFIGS = [(256, 8, 7168, 64, [64, 37, 50, 1]), (7, 3, 1024, 16, [5, 16, 0, 9])]
+CONFIGS = [(256, 8, 7168, 64, [64, 37, 50, 1]), (7, 4, 1024, 16, [5, 16, 0, 9])]
 
 
 def main():

@@ -18,7 +18,7 @@ from ._layout import (
     check_config,
     check_dispatch_args,
 )
-from .flashinfer_backend import FlashInferAllToAll, flashinfer_importable
+from .flashinfer_backend import FlashInferAllToAll, flashinfer_importable, unsupported_reason
 from .torch_backend import TorchAllToAll
 
 BACKENDS = ("auto", "flashinfer", "torch")
@@ -30,12 +30,15 @@ def _group_device(group) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
-def _choose_backend(backend: str, device: torch.device, group) -> str:
+def _choose_backend(backend: str, device: torch.device, group, top_k: int, ep: int) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    unsupported = unsupported_reason(top_k, ep)
     if backend == "flashinfer":
         if device.type != "cuda":
             raise ValueError("backend='flashinfer' needs a CUDA (NCCL) process group")
+        if unsupported:
+            raise ValueError(f"backend='flashinfer': {unsupported}")
         if not flashinfer_importable():
             raise ImportError(
                 "backend='flashinfer' needs flashinfer-python==0.7.2.post1 "
@@ -44,7 +47,7 @@ def _choose_backend(backend: str, device: torch.device, group) -> str:
         return backend
     if backend == "torch":
         return backend
-    local = device.type == "cuda" and flashinfer_importable()
+    local = device.type == "cuda" and not unsupported and flashinfer_importable()
     votes = [None] * dist.get_world_size(group)
     dist.all_gather_object(votes, local, group=group)  # every rank must pick the same backend
     return "flashinfer" if all(votes) else "torch"
@@ -78,7 +81,7 @@ class NvFp4AllToAll:
         self.cfg = A2AConfig(
             ep, dist.get_rank(group), num_experts, top_k, hidden_size, max_tokens_per_rank, device
         )
-        self.backend = _choose_backend(backend, device, group)
+        self.backend = _choose_backend(backend, device, group, top_k, ep)
         self.check_peers = check_peers
         if self.backend == "flashinfer":
             self._impl = FlashInferAllToAll.create(self.cfg, group)

@@ -13,9 +13,22 @@ import torch.distributed as dist
 
 from ._layout import A2AConfig, DispatchResult, experts_of_rank
 
+# The top-k values FlashInfer 0.7.2's kernels are instantiated for, and its rank limit.
+SUPPORTED_TOP_K = (1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 22)
+MAX_RANKS = 64
+
 
 def flashinfer_importable() -> bool:
     return importlib.util.find_spec("flashinfer") is not None
+
+
+def unsupported_reason(top_k: int, ep: int):
+    """Why FlashInfer's kernels cannot serve this configuration, or None."""
+    if top_k not in SUPPORTED_TOP_K:
+        return f"top_k={top_k} is not one of FlashInfer's {SUPPORTED_TOP_K}"
+    if ep > MAX_RANKS:
+        return f"{ep} ranks exceed FlashInfer's limit of {MAX_RANKS}"
+    return None
 
 
 def _fi():

@@ -9,12 +9,20 @@ import torch
 
 from ._layout import A2AConfig, DispatchResult, check_config
 from .alltoall import NvFp4AllToAll
-from .flashinfer_backend import FlashInferAllToAll, _fi, workspace_size_per_rank
+from .flashinfer_backend import (
+    FlashInferAllToAll,
+    _fi,
+    unsupported_reason,
+    workspace_size_per_rank,
+)
 
 
 class SimulatedFlashInferRanks:
     def __init__(self, ep, num_experts, top_k, hidden_size, max_tokens_per_rank, device="cuda"):
         check_config(num_experts, top_k, hidden_size, max_tokens_per_rank, ep)
+        unsupported = unsupported_reason(top_k, ep)
+        if unsupported:
+            raise ValueError(unsupported)
         device = torch.device(device)
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
