@@ -59,31 +59,38 @@ def time_distributed(a2a, tokens, ep, t_max, hidden, iters, warmup):
     return dispatch_us, statistics.median(slowest[1].tolist()) * 1e3
 
 
+def bench_backend(backend, hidden_sizes, expert_counts, token_counts, iters, warmup):
+    """Rows of the sweep for one backend (the NCCL group is initialized, one GPU per rank)."""
+    rank, ep = dist.get_rank(), dist.get_world_size()
+    rows = []
+    for hidden in hidden_sizes:
+        for num_experts in expert_counts:
+            a2a = NvFp4AllToAll(None, num_experts, TOP_K, hidden, max(token_counts),
+                                backend=backend, check_peers=False)
+            for t in token_counts:
+                torch.manual_seed(1000 * rank + t)
+                tokens = make_tokens(t, num_experts, hidden, "cuda")
+                tokens["runtime_max_tokens_per_rank"] = t
+                d_us, c_us = time_distributed(a2a, tokens, ep, t, hidden, iters, warmup)
+                rows.append({"backend": backend, "ep": ep, "H": hidden, "E": num_experts,
+                             "k": TOP_K, "tokens_per_rank": t, "dispatch_us": d_us,
+                             "combine_us": c_us})
+            a2a.close()
+    return rows
+
+
 def run_distributed(args):
     rank = int(os.environ["LOCAL_RANK"])
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", device_id=torch.device("cuda", rank))
-    ep = dist.get_world_size()
     backends = ["torch"] + (["flashinfer"] if flashinfer_importable() else [])
     rows = []
     for backend in backends:
-        for hidden in args.hidden:
-            for num_experts in args.experts:
-                t_max = max(args.tokens)
-                a2a = NvFp4AllToAll(None, num_experts, TOP_K, hidden, t_max, backend=backend,
-                                    check_peers=False)
-                for t in args.tokens:
-                    torch.manual_seed(1000 * rank + t)
-                    tokens = make_tokens(t, num_experts, hidden, "cuda")
-                    tokens["runtime_max_tokens_per_rank"] = t
-                    d_us, c_us = time_distributed(a2a, tokens, ep, t, hidden, args.iters,
-                                                  args.warmup)
-                    rows.append({"backend": backend, "ep": ep, "H": hidden, "E": num_experts,
-                                 "k": TOP_K, "tokens_per_rank": t, "dispatch_us": d_us,
-                                 "combine_us": c_us})
-                a2a.close()
+        rows += bench_backend(backend, args.hidden, args.experts, args.tokens, args.iters,
+                              args.warmup)
     if rank == 0:
-        report(args, rows, {"ranks": ep, "mode": "torchrun, one process per GPU"})
+        report(args.out, rows, {"ranks": dist.get_world_size(),
+                                "mode": "torchrun, one process per GPU"})
     dist.barrier()
     dist.destroy_process_group()
 
@@ -126,12 +133,12 @@ def run_simulated(args):
                                  "dispatch_us": statistics.median(d_ms) * 1e3,
                                  "combine_us": statistics.median(c_ms) * 1e3})
                 sim.close()
-    report(args, rows, {"mode": "ranks simulated on one GPU, one stream each"})
+    report(args.out, rows, {"mode": "ranks simulated on one GPU, one stream each"})
 
 
-def report(args, rows, extra):
+def report(out, rows, extra):
     info = {**device_info(), **extra}
-    save_json(args.out, {"info": info, "results": rows})
+    save_json(out, {"info": info, "results": rows})
     print(f"# {info['device']} x{torch.cuda.device_count()}, torch {info['torch']}, {extra}")
     print(f"{'backend':<21} {'ep':>2} {'H':>5} {'E':>4} {'T/rank':>6} {'dispatch us':>12} "
           f"{'combine us':>11}")

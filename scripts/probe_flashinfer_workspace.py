@@ -10,11 +10,9 @@ import torch.distributed as dist
 from moe_ext.comm import NvFp4AllToAll
 
 
-def main():
-    rank = int(os.environ["LOCAL_RANK"])
-    torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", device_id=torch.device("cuda", rank))
-    ep = dist.get_world_size()
+def probe():
+    """Print whether each rank reads its peers' workspace parts (group initialized)."""
+    rank, ep = dist.get_rank(), dist.get_world_size()
     a2a = NvFp4AllToAll(None, 64, 8, 2048, 16, backend="flashinfer")
     from flashinfer.comm.mnnvl import MnnvlMemory
 
@@ -35,6 +33,13 @@ def main():
           f"{ws.stride()}, peer segments read {seen}: {'MAPPED' if ok else 'NOT MAPPED'}",
           flush=True)
     a2a.close()
+
+
+def main():
+    rank = int(os.environ["LOCAL_RANK"])
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", device_id=torch.device("cuda", rank))
+    probe()
     dist.destroy_process_group()
 
 

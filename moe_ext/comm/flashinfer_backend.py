@@ -37,6 +37,13 @@ def _fi():
     return trtllm_moe_alltoall
 
 
+def _torch_stream():
+    """Make FlashInfer launch on torch's current stream (each simulated rank has its own)."""
+    import tvm_ffi
+
+    return tvm_ffi.use_torch_stream()
+
+
 def payload_bytes(cfg: A2AConfig) -> tuple[int, int]:
     """(dispatch, combine) bytes per token: ids + weights + NVFP4 row + scales; bf16 row."""
     return 8 * cfg.top_k + cfg.hidden_size // 2 + cfg.hidden_size // 16, 2 * cfg.hidden_size
@@ -99,21 +106,22 @@ class FlashInferAllToAll:
     def dispatch(self, topk_ids, topk_weights, x_fp4, x_scales, t_max) -> DispatchResult:
         cfg = self.cfg
         fi = _fi()
-        # FlashInfer packs the payload planes back to back and has a dedicated kernel path for
-        # this NVFP4 order (activations, scales, ids, weights); H % 64 == 0 keeps the 4-byte
-        # planes aligned.
+        # FlashInfer packs the payload planes back to back: the 4-byte ones go first so that
+        # every plane stays aligned.
         payloads = [
-            x_fp4.contiguous(),
-            x_scales.contiguous().view(torch.uint8),
             topk_ids.contiguous(),
             topk_weights.contiguous(),
+            x_fp4.contiguous(),
+            x_scales.contiguous().view(torch.uint8),
         ]
-        recv, self._combine_offset, _ = fi.moe_a2a_dispatch(
-            self._routing_ids(topk_ids), payloads, self.workspace, self.metainfo, t_max,
-            cfg.rank, cfg.ep, cfg.top_k, cfg.num_experts,
-        )
-        fp4, scales, ids, weights = recv
-        fi.moe_a2a_sanitize_expert_ids(ids, self.workspace, self.metainfo, cfg.rank, -1)
+        routing = self._routing_ids(topk_ids)
+        with _torch_stream():
+            recv, self._combine_offset, _ = fi.moe_a2a_dispatch(
+                routing, payloads, self.workspace, self.metainfo, t_max, cfg.rank, cfg.ep,
+                cfg.top_k, cfg.num_experts,
+            )
+            ids, weights, fp4, scales = recv
+            fi.moe_a2a_sanitize_expert_ids(ids, self.workspace, self.metainfo, cfg.rank, -1)
         return DispatchResult(
             x_fp4=fp4, x_scales=scales.view(torch.float8_e4m3fn), topk_ids=ids,
             topk_weights=weights,
@@ -122,10 +130,11 @@ class FlashInferAllToAll:
     def combine(self, expert_output, out, num_tokens, t_max):
         cfg = self.cfg
         offset, self._combine_offset = self._combine_offset, None
-        out = _fi().moe_a2a_combine(
-            expert_output.contiguous(), num_tokens, self.workspace, self.metainfo, t_max,
-            cfg.rank, cfg.ep, cfg.top_k, offset, output=out,
-        )
+        with _torch_stream():
+            out = _fi().moe_a2a_combine(
+                expert_output.contiguous(), num_tokens, self.workspace, self.metainfo, t_max,
+                cfg.rank, cfg.ep, cfg.top_k, offset, output=out,
+            )
         return out.masked_fill_(self._unrouted, 0.0)
 
     def close(self):
