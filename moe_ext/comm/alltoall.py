@@ -118,10 +118,15 @@ class NvFp4AllToAll:
         )
         return t_max, x_fp4, x_scales
 
+    @staticmethod
+    def _payload(hidden_states, global_scale, x_fp4, x_scales):
+        if hidden_states is not None:
+            return nvfp4_quantize(hidden_states, global_scale)
+        return x_fp4, x_scales
+
     def _launch(self, topk_ids, topk_weights, hidden_states, global_scale, x_fp4, x_scales,
                 t_max) -> DispatchResult:
-        if hidden_states is not None:
-            x_fp4, x_scales = nvfp4_quantize(hidden_states, global_scale)
+        x_fp4, x_scales = self._payload(hidden_states, global_scale, x_fp4, x_scales)
         result = self._impl.dispatch(topk_ids, topk_weights, x_fp4, x_scales, t_max)
         self._pending = (topk_ids.shape[0], t_max)
         return result

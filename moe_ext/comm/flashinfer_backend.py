@@ -103,9 +103,14 @@ class FlashInferAllToAll:
         fallback = torch.where(routed, first, self._own_expert)
         return torch.where(valid, topk_ids, fallback).int().contiguous()
 
-    def dispatch(self, topk_ids, topk_weights, x_fp4, x_scales, t_max) -> DispatchResult:
-        cfg = self.cfg
-        fi = _fi()
+    # Dispatch and combine are split into steps (plan, send, finish) so that ranks simulated in
+    # one process can run each step for every rank before the next: a rank's send kernel spins
+    # until its peers' send kernels run, and under CUDA's lazy module loading the first launch of
+    # any other kernel (a torch op, FlashInfer's sanitize) waits for the running ones, so no
+    # new kernel may be launched between the ranks' sends.
+
+    def plan_dispatch(self, topk_ids, topk_weights, x_fp4, x_scales):
+        """Routing ids and the payload list (every kernel the send needs runs here)."""
         # FlashInfer packs the payload planes back to back: the 4-byte ones go first so that
         # every plane stays aligned.
         payloads = [
@@ -114,28 +119,46 @@ class FlashInferAllToAll:
             x_fp4.contiguous(),
             x_scales.contiguous().view(torch.uint8),
         ]
-        routing = self._routing_ids(topk_ids)
+        return self._routing_ids(topk_ids), payloads
+
+    def send_dispatch(self, plan, t_max):
+        cfg = self.cfg
+        routing, payloads = plan
         with _torch_stream():
-            recv, self._combine_offset, _ = fi.moe_a2a_dispatch(
+            recv, self._combine_offset, _ = _fi().moe_a2a_dispatch(
                 routing, payloads, self.workspace, self.metainfo, t_max, cfg.rank, cfg.ep,
                 cfg.top_k, cfg.num_experts,
             )
-            ids, weights, fp4, scales = recv
-            fi.moe_a2a_sanitize_expert_ids(ids, self.workspace, self.metainfo, cfg.rank, -1)
+        return recv
+
+    def finish_dispatch(self, recv) -> DispatchResult:
+        ids, weights, fp4, scales = recv
+        with _torch_stream():
+            _fi().moe_a2a_sanitize_expert_ids(ids, self.workspace, self.metainfo, self.cfg.rank, -1)
         return DispatchResult(
             x_fp4=fp4, x_scales=scales.view(torch.float8_e4m3fn), topk_ids=ids,
             topk_weights=weights,
         )
 
-    def combine(self, expert_output, out, num_tokens, t_max):
+    def dispatch(self, topk_ids, topk_weights, x_fp4, x_scales, t_max) -> DispatchResult:
+        plan = self.plan_dispatch(topk_ids, topk_weights, x_fp4, x_scales)
+        return self.finish_dispatch(self.send_dispatch(plan, t_max))
+
+    def send_combine(self, expert_output, out, num_tokens, t_max):
         cfg = self.cfg
         offset, self._combine_offset = self._combine_offset, None
         with _torch_stream():
-            out = _fi().moe_a2a_combine(
-                expert_output.contiguous(), num_tokens, self.workspace, self.metainfo, t_max,
-                cfg.rank, cfg.ep, cfg.top_k, offset, output=out,
+            return _fi().moe_a2a_combine(
+                expert_output, num_tokens, self.workspace, self.metainfo, t_max, cfg.rank,
+                cfg.ep, cfg.top_k, offset, output=out,
             )
+
+    def finish_combine(self, out):
         return out.masked_fill_(self._unrouted, 0.0)
+
+    def combine(self, expert_output, out, num_tokens, t_max):
+        out = self.send_combine(expert_output.contiguous(), out, num_tokens, t_max)
+        return self.finish_combine(out)
 
     def close(self):
         self.workspace = None

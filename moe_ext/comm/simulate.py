@@ -80,18 +80,32 @@ class SimulatedFlashInferRanks:
             raise ValueError(
                 f"runtime_max_tokens_per_rank must be the same on every rank, got {t_maxes}"
             )
-        return self._run(
-            lambda a2a, kw: a2a._launch(
-                kw["topk_ids"], kw["topk_weights"], kw.get("hidden_states"),
-                kw.get("global_scale"), kw.get("x_fp4"), kw.get("x_scales"), kw["t_max"],
-            ),
-            prepared,
-        )
+        # Step by step for every rank (see FlashInferAllToAll): nothing is launched between the
+        # ranks' send kernels, which wait for each other.
+        def plan(a2a, kw):
+            x_fp4, x_scales = a2a._payload(
+                kw.get("hidden_states"), kw.get("global_scale"), kw.get("x_fp4"),
+                kw.get("x_scales"),
+            )
+            return a2a._impl.plan_dispatch(kw["topk_ids"], kw["topk_weights"], x_fp4, x_scales)
+
+        plans = self._run(plan, prepared)
+        recvs = self._run(lambda a2a, p: a2a._impl.send_dispatch(p, t_maxes[0]), plans)
+        results = self._run(lambda a2a, recv: a2a._impl.finish_dispatch(recv), recvs)
+        for a2a, kw in zip(self.ranks, prepared):
+            a2a._pending = (kw["topk_ids"].shape[0], t_maxes[0])
+        return results
 
     def combine(self, expert_outputs: list) -> list[torch.Tensor]:
-        for a2a, expert_output in zip(self.ranks, expert_outputs):
-            a2a._check_combine(expert_output, None)
-        return self._run(lambda a2a, eo: a2a.combine(eo), expert_outputs)
+        pending = [a2a._check_combine(eo, None) for a2a, eo in zip(self.ranks, expert_outputs)]
+        outputs = [eo.contiguous() for eo in expert_outputs]
+        outs = self._run(
+            lambda a2a, arg: a2a._impl.send_combine(arg[0], None, *arg[1]),
+            list(zip(outputs, pending)),
+        )
+        for a2a in self.ranks:
+            a2a._pending = None
+        return self._run(lambda a2a, out: a2a._impl.finish_combine(out), outs)
 
     def close(self):
         for a2a in self.ranks:
