@@ -126,18 +126,8 @@ needs_flashinfer = pytest.mark.skipif(
 )
 
 
-# FlashInfer's kernels with ranks simulated in one process did not complete on the lent H100
-# (the first dispatch/combine spun until FlashInfer's trap, ~300 s), while the same backend
-# passed with one process per GPU (test_two_gpus_torchrun). Opt in to run it anyway.
-simulated_opt_in = pytest.mark.skipif(
-    os.environ.get("MOE_EXT_TEST_FI_SIMULATED") != "1",
-    reason="simulated FlashInfer ranks hang on one GPU; set MOE_EXT_TEST_FI_SIMULATED=1 to run",
-)
-
-
 @pytest.mark.cuda
 @needs_flashinfer
-@simulated_opt_in
 @pytest.mark.parametrize("ep,hidden,num_experts,top_k", [(2, 2048, 64, 8), (4, 7168, 256, 8),
                                                           (3, 1024, 7, 4)])
 def test_flashinfer_simulated_ranks(ep, hidden, num_experts, top_k):
@@ -179,8 +169,11 @@ def test_flashinfer_simulated_ranks(ep, hidden, num_experts, top_k):
                 want = expected_combine(every[r], num_experts, ep)
                 # The token without a valid expert stays on its own rank, whose output is 0.
                 torch.testing.assert_close(combined[r].cpu(), want, rtol=1e-2, atol=1e-2)
+        # Rank 0 keeps T_max = 16, the others ask for 15 (all within their token counts).
+        mismatched = [{**a, "runtime_max_tokens_per_rank": max_tokens - min(i, 1)}
+                      for i, a in enumerate(args)]
         with pytest.raises(ValueError, match="same on every rank"):
-            sim.dispatch([{**a, "runtime_max_tokens_per_rank": 12 + i} for i, a in enumerate(args)])
+            sim.dispatch(mismatched)
     finally:
         sim.close()
 

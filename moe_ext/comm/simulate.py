@@ -2,7 +2,10 @@
 
 One `[ep, size_per_rank]` workspace on the GPU stands in for the peer-mapped one; each rank
 dispatches and combines on its own CUDA stream, so all of them run at the same time (their
-kernels wait for each other). Keep tokens * ep within the GPU's SM count.
+kernels wait for each other). Each step (plan, send, finish) runs for every rank before the next:
+under CUDA's lazy module loading, launching a kernel for the first time waits for the kernels
+running on the device, so a first launch between two ranks' sends would never return while the
+first rank's send spins. Keep tokens * ep within the GPU's SM count.
 """
 
 import torch
