@@ -7,6 +7,8 @@ include(CMakePackageConfigHelpers)
 set(_moe_ext_cmake_dir "${CMAKE_INSTALL_LIBDIR}/cmake/moe_ext")
 set_target_properties(moe_ext_ops PROPERTIES EXPORT_NAME ops)
 install(TARGETS moe_ext_ops EXPORT moe_extTargets LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}")
+# The include folder is part of the target's interface: created even before any header exists.
+install(DIRECTORY DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}")
 install(DIRECTORY "${PROJECT_SOURCE_DIR}/csrc/include/moe_ext"
         DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}" OPTIONAL)
 install(EXPORT moe_extTargets NAMESPACE moe_ext:: DESTINATION "${_moe_ext_cmake_dir}")
