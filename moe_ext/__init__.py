@@ -6,8 +6,10 @@ fake implementations that let the ops run under `torch.compile` and CUDA-graph c
 
 import torch
 
-from . import _C  # noqa: F401  (loads the op library)
-from . import ops
+from . import (
+    _C,  # noqa: F401  (loads the op library)
+    ops,
+)
 from .ops.moe_align import (
     moe_align_block_size,
     moe_align_block_size_out,
