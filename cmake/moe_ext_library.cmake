@@ -27,6 +27,10 @@ function(moe_ext_add_library target)
     file(GLOB _cuda_sources CONFIGURE_DEPENDS "${_root}/csrc/cuda/*.cu")
     target_sources(${target} PRIVATE ${_cuda_sources})
     target_compile_definitions(${target} PRIVATE MOE_EXT_WITH_CUDA)
+    # ATen/cuda/CUDAContext.h includes cusparse.h, cublas_v2.h, ...: a compiler-only CUDA
+    # install lacks them, torch's pip wheels ship them next to torch (as setup.py also finds).
+    file(GLOB _cuda_library_includes "${TORCH_INSTALL_PREFIX}/../nvidia/cu*/include")
+    target_include_directories(${target} SYSTEM PRIVATE ${_cuda_library_includes})
     # The flags torch's own extension builder (and so setup.py) compiles the kernels with.
     target_compile_options(
       ${target}
