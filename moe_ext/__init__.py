@@ -7,13 +7,14 @@ fake implementations that let the ops run under `torch.compile` and CUDA-graph c
 import torch
 
 from . import _C  # noqa: F401  (loads the op library)
-from . import ops
+from . import layer, ops  # noqa: I001  (after _C: the ops must be registered first)
 from .ops.moe_align import (
     moe_align_block_size,
     moe_align_block_size_out,
     moe_lora_align_block_size,
     moe_lora_align_block_size_out,
 )
+from .ops.moe_lora_gemm import fused_moe_lora, fused_moe_lora_expand, fused_moe_lora_shrink
 
 __version__ = "0.1.0"
 
@@ -38,4 +39,8 @@ __all__ = [
     "moe_align_block_size_out",
     "moe_lora_align_block_size",
     "moe_lora_align_block_size_out",
+    "fused_moe_lora",
+    "fused_moe_lora_shrink",
+    "fused_moe_lora_expand",
+    "layer",
 ]

@@ -1,0 +1,240 @@
+// CUDA binding of the multi-LoRA MoE grouped GEMM (kernels in moe_ext/moe_lora_gemm.cuh).
+// Checks arguments, brings operands into the layout the kernels read with 16-byte copies (a
+// copy is made only for unaligned or non-unit-stride inputs), allocates the fp32 split-K
+// workspace from torch's allocator (graph-capture safe) and launches on the current stream.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "checks.h"
+#include "moe_ext/moe_lora_gemm.cuh"
+#include "ops.h"
+
+namespace moe_ext {
+namespace {
+
+namespace lg = lora_gemm;
+
+bool aligned16(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+
+// Keeps t when its rows (dim -2) start on 16 bytes and its last dim is unit-stride, else copies.
+at::Tensor vector_ready(const at::Tensor& t) {
+  bool ok = t.stride(-1) == 1 && aligned16(t);
+  for (int64_t dim = 0; dim + 1 < t.dim(); ++dim) ok = ok && t.stride(dim) % 8 == 0;
+  if (ok) return t;
+  at::Tensor c = t.contiguous();
+  return aligned16(c) && c.stride(-1) == 1 ? c : c.clone();
+}
+
+// lora_b with a rank that is not a multiple of 8: zero-pad it so 16-byte rows stay in bounds.
+at::Tensor expand_ready(const at::Tensor& b) {
+  const int64_t r = b.size(3);
+  if (r % 8 == 0) return vector_ready(b);
+  at::Tensor padded = at::zeros({b.size(0), b.size(1), b.size(2), (r + 7) / 8 * 8}, b.options());
+  padded.narrow(3, 0, r).copy_(b);
+  return padded;
+}
+
+lg::Routing make_routing(const MoeLoraGemmDims& d, const at::Tensor& sorted_token_ids,
+                         const at::Tensor& expert_ids, const at::Tensor& num_tokens_post_pad,
+                         const at::Tensor& enabled) {
+  TORCH_CHECK(d.numel < (int64_t{1} << 31) && d.L * d.P < (int64_t{1} << 31),
+              "too many routes for int32 route ids: ", d.numel);
+  lg::Routing rt{};
+  rt.sorted_ids = sorted_token_ids.data_ptr<int32_t>();
+  rt.block_experts = expert_ids.data_ptr<int32_t>();
+  rt.post_pad = num_tokens_post_pad.data_ptr<int32_t>();
+  rt.enabled = enabled.defined() ? enabled.data_ptr<int32_t>() : nullptr;
+  rt.L = static_cast<int>(d.L);
+  rt.P = static_cast<int>(d.P);
+  rt.NB = static_cast<int>(d.NB);
+  rt.BS = static_cast<int>(d.BS);
+  rt.E = static_cast<int>(d.E);
+  rt.numel = static_cast<int>(d.numel);
+  return rt;
+}
+
+at::Tensor enabled_int(const std::optional<at::Tensor>& adapter_enabled, int64_t L) {
+  if (!adapter_enabled.has_value()) return at::Tensor();
+  return adapter_enabled->narrow(0, 0, L).to(at::kInt).contiguous();
+}
+
+void check_cuda_dtype(at::ScalarType t) {
+  TORCH_CHECK(t == at::kHalf || t == at::kBFloat16,
+              "the CUDA kernels of fused_moe_lora take float16 or bfloat16, got ", t,
+              " (float32 runs on the CPU)");
+}
+
+int num_sms(const at::Tensor& t) {
+  int sms = 0;
+  const cudaError_t err =
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, t.device().index());
+  TORCH_CHECK(err == cudaSuccess, "cudaDeviceGetAttribute failed: ", cudaGetErrorString(err));
+  return sms;
+}
+
+// Shrink into a fresh fp32 workspace [ksplit, S, numel, RP]; returns it with its split count.
+std::pair<at::Tensor, int> run_shrink(const MoeLoraGemmDims& d, const lg::Routing& rt,
+                                      const at::Tensor& x_in,
+                                      const std::vector<at::Tensor>& lora_a, int sms,
+                                      cudaStream_t stream) {
+  const at::Tensor x = vector_ready(x_in);
+  std::vector<at::Tensor> a(lora_a.size());
+  lg::ShrinkArgs args{};
+  args.rt = rt;
+  args.x = x.data_ptr();
+  args.x_row_stride = x.stride(0);
+  args.K = static_cast<int>(d.K);
+  args.top_k = static_cast<int>(d.top_k);
+  args.x_per_route = d.x_per_route;
+  for (size_t s = 0; s < lora_a.size(); ++s) {
+    a[s] = vector_ready(lora_a[s]);
+    args.a[s] = a[s].data_ptr();
+    args.a_sl[s] = a[s].stride(0);
+    args.a_se[s] = a[s].stride(1);
+    args.a_sr[s] = a[s].stride(2);
+  }
+  args.S = static_cast<int>(d.S);
+  args.r = static_cast<int>(d.r);
+  args.RP = lg::padded_rank(args.r);
+  const lg::ShrinkPlan plan = lg::plan_shrink(d.numel, rt.L, rt.NB, rt.BS, rt.E, args.S,
+                                              args.K, args.r, sms);
+  args.ksplit = plan.ksplit;
+  args.kchunk = plan.kchunk;
+  at::Tensor partial =
+      at::empty({plan.ksplit * d.S * d.numel * args.RP}, x.options().dtype(at::kFloat));
+  args.partial = partial.data_ptr<float>();
+  const cudaError_t err = x.scalar_type() == at::kHalf
+                              ? lg::launch_moe_lora_shrink<__half>(args, plan.grid, stream)
+                              : lg::launch_moe_lora_shrink<__nv_bfloat16>(args, plan.grid, stream);
+  MOE_EXT_CHECK_CUDA_LAUNCH(err);
+  return {partial, plan.ksplit};
+}
+
+// Expand from fp32 partials (ksplit > 0) or from the T intermediate (partial undefined).
+void run_expand(const MoeLoraGemmDims& d, const lg::Routing& rt, const at::Tensor& partial,
+                int ksplit, const at::Tensor& intermediate, const std::vector<at::Tensor>& lora_b,
+                const at::Tensor& topk_weights, bool mul_routed_weight, bool add_inputs,
+                const at::Tensor& output, int sms, cudaStream_t stream) {
+  const at::Tensor out2 = output.dim() == 3 ? output.flatten(0, 1) : output;
+  if (!add_inputs) out2.narrow(1, d.offset, d.S * d.N).zero_();
+  std::vector<at::Tensor> b(lora_b.size());
+  lg::ExpandArgs args{};
+  args.rt = rt;
+  args.partial = partial.defined() ? partial.data_ptr<float>() : nullptr;
+  args.ksplit = ksplit;
+  args.inter = intermediate.defined() ? intermediate.data_ptr() : nullptr;
+  args.r = static_cast<int>(d.r);
+  args.RP = lg::padded_rank(args.r);
+  for (size_t s = 0; s < lora_b.size(); ++s) {
+    b[s] = expand_ready(lora_b[s]);
+    args.b[s] = b[s].data_ptr();
+    args.b_sl[s] = b[s].stride(0);
+    args.b_se[s] = b[s].stride(1);
+    args.b_sn[s] = b[s].stride(2);
+  }
+  args.rb = static_cast<int>(b[0].size(3));
+  args.S = static_cast<int>(d.S);
+  args.N = static_cast<int>(d.N);
+  args.ntiles = static_cast<int>((d.N + lg::kExpandBN - 1) / lg::kExpandBN);
+  args.top_k = static_cast<int>(d.top_k);
+  at::Tensor w;
+  if (mul_routed_weight) {
+    w = topk_weights.reshape({-1}).to(at::kFloat).contiguous();
+    args.weights = w.data_ptr<float>();
+  }
+  args.out = output.data_ptr();
+  args.out_sj = out2.stride(0);
+  args.out_st = out2.stride(0) * d.top_k;
+  args.col0 = static_cast<int>(d.offset);
+  args.add = add_inputs;
+  args.vec = aligned16(output) && d.offset % 8 == 0 && out2.stride(0) % 8 == 0;
+  const int grid = lg::expand_grid(d.numel, rt.L, rt.NB, rt.BS, rt.E, args.S, args.ntiles, sms);
+  const cudaError_t err = output.scalar_type() == at::kHalf
+                              ? lg::launch_moe_lora_expand<__half>(args, grid, stream)
+                              : lg::launch_moe_lora_expand<__nv_bfloat16>(args, grid, stream);
+  MOE_EXT_CHECK_CUDA_LAUNCH(err);
+}
+
+}  // namespace
+
+void fused_moe_lora_cuda(const at::Tensor& output, const at::Tensor& x,
+                         const std::vector<at::Tensor>& lora_a,
+                         const std::vector<at::Tensor>& lora_b, const at::Tensor& topk_weights,
+                         const at::Tensor& sorted_token_ids, const at::Tensor& expert_ids,
+                         const at::Tensor& num_tokens_post_pad, int64_t top_k,
+                         bool mul_routed_weight, bool add_inputs, int64_t offset,
+                         const std::optional<at::Tensor>& adapter_enabled) {
+  const MoeLoraGemmDims d =
+      check_fused_moe_lora(output, x, lora_a, lora_b, topk_weights, sorted_token_ids, expert_ids,
+                           num_tokens_post_pad, top_k, offset, adapter_enabled);
+  check_cuda_dtype(x.scalar_type());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int sms = num_sms(x);
+  const at::Tensor enabled = enabled_int(adapter_enabled, d.L);
+  const lg::Routing rt =
+      make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, enabled);
+  const auto [partial, ksplit] = run_shrink(d, rt, x, lora_a, sms, stream);
+  run_expand(d, rt, partial, ksplit, at::Tensor(), lora_b, topk_weights, mul_routed_weight,
+             add_inputs, output, sms, stream);
+}
+
+void fused_moe_lora_shrink_cuda(const at::Tensor& intermediate, const at::Tensor& x,
+                                const std::vector<at::Tensor>& lora_a,
+                                const at::Tensor& sorted_token_ids, const at::Tensor& expert_ids,
+                                const at::Tensor& num_tokens_post_pad, int64_t top_k,
+                                const std::optional<at::Tensor>& adapter_enabled) {
+  const MoeLoraGemmDims d =
+      check_fused_moe_lora_shrink(intermediate, x, lora_a, sorted_token_ids, expert_ids,
+                                  num_tokens_post_pad, top_k, adapter_enabled);
+  check_cuda_dtype(x.scalar_type());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int sms = num_sms(x);
+  const at::Tensor enabled = enabled_int(adapter_enabled, d.L);
+  const lg::Routing rt =
+      make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, enabled);
+  const auto [partial, ksplit] = run_shrink(d, rt, x, lora_a, sms, stream);
+  const int S = static_cast<int>(d.S), r = static_cast<int>(d.r);
+  const int grid = static_cast<int>(std::min<int64_t>(
+      lg::max_real_blocks(d.numel, d.L, d.NB, d.BS, d.E) * S, 8LL * sms));
+  const cudaError_t err =
+      x.scalar_type() == at::kHalf
+          ? lg::launch_moe_lora_reduce<__half>(
+                rt, partial.data_ptr<float>(), ksplit, S, lg::padded_rank(r), r,
+                static_cast<__half*>(intermediate.data_ptr()), grid, stream)
+          : lg::launch_moe_lora_reduce<__nv_bfloat16>(
+                rt, partial.data_ptr<float>(), ksplit, S, lg::padded_rank(r), r,
+                static_cast<__nv_bfloat16*>(intermediate.data_ptr()), grid, stream);
+  MOE_EXT_CHECK_CUDA_LAUNCH(err);
+}
+
+void fused_moe_lora_expand_cuda(const at::Tensor& output, const at::Tensor& intermediate,
+                                const std::vector<at::Tensor>& lora_b,
+                                const at::Tensor& topk_weights,
+                                const at::Tensor& sorted_token_ids, const at::Tensor& expert_ids,
+                                const at::Tensor& num_tokens_post_pad, int64_t top_k,
+                                bool mul_routed_weight, bool add_inputs, int64_t offset,
+                                const std::optional<at::Tensor>& adapter_enabled) {
+  const MoeLoraGemmDims d = check_fused_moe_lora_expand(
+      output, intermediate, lora_b, topk_weights, sorted_token_ids, expert_ids,
+      num_tokens_post_pad, top_k, offset, adapter_enabled);
+  check_cuda_dtype(intermediate.scalar_type());
+  const c10::cuda::CUDAGuard guard(intermediate.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor enabled = enabled_int(adapter_enabled, d.L);
+  const lg::Routing rt =
+      make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, enabled);
+  run_expand(d, rt, at::Tensor(), 1, intermediate, lora_b, topk_weights, mul_routed_weight,
+             add_inputs, output, num_sms(intermediate), stream);
+}
+
+TORCH_LIBRARY_IMPL(moe_ext, CUDA, m) {
+  m.impl("fused_moe_lora", &fused_moe_lora_cuda);
+  m.impl("fused_moe_lora_shrink", &fused_moe_lora_shrink_cuda);
+  m.impl("fused_moe_lora_expand", &fused_moe_lora_expand_cuda);
+}
+
+}  // namespace moe_ext

@@ -1,0 +1,108 @@
+// Multi-LoRA MoE grouped GEMM (DESIGN 4.2), torch-free entry points.
+//
+//   shrink:  partial[ks, s, i, :] = x[row(i), chunk ks] @ lora_a[s][l, e][:, chunk ks].T   (fp32)
+//   expand:  out[i, offset + s*N + n] (+)= w_i * (round_T(sum_ks partial[ks, s, i]) @ lora_b[s][l, e].T)
+//
+// for every route i listed in a real block (l, b) of the alignment, e = expert of the block.
+// Grids depend on shapes only; each CTA walks the compact list of real blocks built from
+// num_tokens_post_pad, so CUDA-graph replays with new routing stay correct.
+#pragma once
+
+#include <algorithm>
+
+#include "moe_ext/moe_lora_gemm_expand.cuh"
+#include "moe_ext/moe_lora_gemm_shrink.cuh"
+
+namespace moe_ext {
+namespace lora_gemm {
+
+// Rank padded to the shrink tile: 16, 32, 64 or 128.
+inline int padded_rank(int r) { return r <= 16 ? 16 : r <= 32 ? 32 : r <= 64 ? 64 : 128; }
+inline int shrink_bk(int rp) { return rp <= 32 ? 128 : 64; }
+
+// Upper bound on the real blocks of a valid alignment: every non-empty (slot, expert) segment
+// wastes at most one partial block. Only sizes grids; the kernels loop over whatever is real.
+inline int64_t max_real_blocks(int64_t numel, int64_t L, int64_t NB, int64_t BS, int64_t E) {
+  return std::max<int64_t>(1, std::min(L * NB, numel / BS + std::min(numel, L * E)));
+}
+
+struct ShrinkPlan {
+  int ksplit, kchunk, grid;
+};
+
+// Split K until about 4 CTAs per SM stream weights, keeping at least two stages per chunk.
+inline ShrinkPlan plan_shrink(int64_t numel, int L, int NB, int BS, int E, int S, int K, int r,
+                              int num_sms) {
+  const int bk = shrink_bk(padded_rank(r));
+  const int64_t items = max_real_blocks(numel, L, NB, BS, E) * S;
+  const int64_t want = (4LL * num_sms + items - 1) / items;
+  const int max_split = std::max(1, K / (2 * bk));
+  int ksplit = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, max_split)));
+  const int kchunk = ((K + ksplit - 1) / ksplit + bk - 1) / bk * bk;
+  ksplit = (K + kchunk - 1) / kchunk;
+  const int64_t grid = std::min<int64_t>(items * ksplit, 8LL * num_sms);
+  return {ksplit, kchunk, static_cast<int>(std::max<int64_t>(1, grid))};
+}
+
+inline int expand_grid(int64_t numel, int L, int NB, int BS, int E, int S, int ntiles,
+                       int num_sms) {
+  const int64_t items = max_real_blocks(numel, L, NB, BS, E) * S * ntiles;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(items, 8LL * num_sms)));
+}
+
+template <typename Kernel>
+cudaError_t launch_with_smem(Kernel kernel, int grid, int smem, cudaStream_t stream,
+                             const void* args_ptr) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  void* args[] = {const_cast<void*>(args_ptr)};
+  return cudaLaunchKernel(reinterpret_cast<const void*>(kernel), dim3(grid), dim3(kThreads), args,
+                          smem, stream);
+}
+
+template <typename T, int RP, int WM>
+cudaError_t launch_shrink_rp_wm(const ShrinkArgs& a, int grid, cudaStream_t stream) {
+  constexpr int BK = RP <= 32 ? 128 : 64;
+  constexpr int STAGES = 3;
+  using Tile = ShrinkTile<T, RP, WM, BK, STAGES>;
+  return launch_with_smem(moe_lora_shrink_kernel<T, RP, WM, BK, STAGES>, grid, Tile::kSmem,
+                          stream, &a);
+}
+
+template <typename T, int RP>
+cudaError_t launch_shrink_rp(const ShrinkArgs& a, int grid, cudaStream_t stream) {
+  if (a.rt.BS <= 16) return launch_shrink_rp_wm<T, RP, 1>(a, grid, stream);
+  if (a.rt.BS <= 32) return launch_shrink_rp_wm<T, RP, 2>(a, grid, stream);
+  return launch_shrink_rp_wm<T, RP, 4>(a, grid, stream);
+}
+
+// a.partial must hold ksplit * S * numel * RP floats; a.RP == padded_rank(a.r).
+template <typename T>
+cudaError_t launch_moe_lora_shrink(const ShrinkArgs& a, int grid, cudaStream_t stream) {
+  switch (a.RP) {
+    case 16: return launch_shrink_rp<T, 16>(a, grid, stream);
+    case 32: return launch_shrink_rp<T, 32>(a, grid, stream);
+    case 64: return launch_shrink_rp<T, 64>(a, grid, stream);
+    case 128: return launch_shrink_rp<T, 128>(a, grid, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template <typename T>
+cudaError_t launch_moe_lora_expand(const ExpandArgs& a, int grid, cudaStream_t stream) {
+  if (a.rt.BS <= 16)
+    return launch_with_smem(moe_lora_expand_kernel<T, 1>, grid, ExpandTile<1>::kSmem, stream, &a);
+  if (a.rt.BS <= 32)
+    return launch_with_smem(moe_lora_expand_kernel<T, 2>, grid, ExpandTile<2>::kSmem, stream, &a);
+  return launch_with_smem(moe_lora_expand_kernel<T, 4>, grid, ExpandTile<4>::kSmem, stream, &a);
+}
+
+template <typename T>
+cudaError_t launch_moe_lora_reduce(const Routing& rt, const float* partial, int ksplit, int S,
+                                   int RP, int r, T* inter, int grid, cudaStream_t stream) {
+  moe_lora_reduce_kernel<T><<<grid, kThreads, 0, stream>>>(rt, partial, ksplit, S, RP, r, inter);
+  return cudaGetLastError();
+}
+
+}  // namespace lora_gemm
+}  // namespace moe_ext
