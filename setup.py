@@ -8,13 +8,18 @@ limited API (abi3), so one build serves every Python >= 3.9 of the same torch.
 import glob
 import os
 
+import torch
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
-import torch
-
 ROOT = os.path.dirname(os.path.abspath(__file__))
-LIMITED_API = "0x03090000"
+
+
+def cuda_library_includes() -> list[str]:
+    """Headers of the CUDA libraries torch's wheels ship (cusparse.h, cublas_v2.h, ...), which a
+    compiler-only CUDA install lacks and ATen/cuda/CUDAContext.h includes."""
+    site = os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))
+    return sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))
 
 
 def want_cuda() -> bool:
@@ -35,7 +40,8 @@ def sources(pattern: str) -> list[str]:
 
 def extensions():
     with_cuda = want_cuda()
-    cxx = ["-O3", "-std=c++17", f"-DPy_LIMITED_API={LIMITED_API}"]
+    # py_limited_api=True makes torch define Py_LIMITED_API (abi3) for every source.
+    cxx = ["-O3", "-std=c++17"]
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
     srcs = ["csrc/torch_bindings.cpp"] + sources("csrc/cpu/*.cpp")
     if not with_cuda:
@@ -55,7 +61,6 @@ def extensions():
         "-std=c++17",
         "--expt-relaxed-constexpr",
         "-lineinfo",
-        f"-DPy_LIMITED_API={LIMITED_API}",
         "-DMOE_EXT_WITH_CUDA",
     ]
     if os.environ.get("NVCC_THREADS"):
@@ -64,7 +69,7 @@ def extensions():
         CUDAExtension(
             "moe_ext._C",
             srcs + sources("csrc/cuda/*.cu"),
-            include_dirs=include_dirs,
+            include_dirs=include_dirs + cuda_library_includes(),
             extra_compile_args={"cxx": cxx + ["-DMOE_EXT_WITH_CUDA"], "nvcc": nvcc},
             py_limited_api=True,
         )

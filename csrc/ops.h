@@ -3,6 +3,7 @@
 // numel = T*k routes, E experts, L adapter slots, BS block_size, P padded length per slot.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <tuple>
@@ -23,6 +24,14 @@ inline int64_t padded_length(int64_t numel, int64_t num_experts, int64_t block_s
 constexpr int64_t kMaxExperts = 1024;
 
 // ---- moe_align -------------------------------------------------------------------------------
+// Checks shared by the CPU and CUDA impls; token_lora_mapping == nullptr for the plain op
+// (then max_loras is 1 and the outputs are 1-D).
+void check_align_args(const at::Tensor& topk_ids, const at::Tensor* token_lora_mapping,
+                      int64_t num_experts, int64_t block_size, int64_t max_loras,
+                      const std::optional<at::Tensor>& adapter_enabled,
+                      const std::optional<at::Tensor>& expert_map,
+                      const at::Tensor& sorted_token_ids, const at::Tensor& expert_ids,
+                      const at::Tensor& num_tokens_post_pad);
 // topk_ids [T, k] int32|int64; expert_map [E_global] int32 or none.
 // Outputs: sorted_token_ids [P] int32, expert_ids [P/BS] int32, num_tokens_post_pad [1] int32.
 void moe_align_block_size_out_cpu(const at::Tensor& topk_ids, int64_t num_experts,

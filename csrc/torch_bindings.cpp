@@ -14,10 +14,11 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(moe_ext, m) {
-  // A call of an op whose fake is missing points the user at the module that registers fakes.
-  m.set_python_module("moe_ext.ops");
+  // Each family's fakes live in moe_ext/ops/<family>.py; set_python_module applies to the defs
+  // that follow it, so a missing fake points the user at the module to import.
 
   // ---- moe_align: sorting / alignment of routes into expert blocks ----
+  m.set_python_module("moe_ext.ops.moe_align");
   m.def(
       "moe_align_block_size(Tensor topk_ids, int num_experts, int block_size, "
       "Tensor? expert_map=None) -> (Tensor sorted_token_ids, Tensor expert_ids, "
@@ -37,6 +38,7 @@ TORCH_LIBRARY(moe_ext, m) {
       "Tensor(c!) num_tokens_post_pad) -> ()");
 
   // ---- moe_lora_gemm: grouped shrink / expand of multi-LoRA MoE ----
+  m.set_python_module("moe_ext.ops.moe_lora_gemm");
   m.def(
       "fused_moe_lora(Tensor(a!) output, Tensor x, Tensor[] lora_a, Tensor[] lora_b, "
       "Tensor topk_weights, Tensor sorted_token_ids, Tensor expert_ids, "
@@ -53,6 +55,7 @@ TORCH_LIBRARY(moe_ext, m) {
       "bool add_inputs=True, int offset=0, Tensor? adapter_enabled=None) -> ()");
 
   // ---- nvfp4: E2M1 values, E4M3 block scales of 16, FP32 global scale ----
+  m.set_python_module("moe_ext.ops.nvfp4");
   m.def(
       "nvfp4_quantize(Tensor x, Tensor global_scale, bool swizzle=False) "
       "-> (Tensor packed, Tensor scales)");

@@ -6,8 +6,11 @@ fake implementations that let the ops run under `torch.compile` and CUDA-graph c
 
 import torch
 
-from . import _C  # noqa: F401  (loads the op library)
-from . import layer, ops  # noqa: I001  (after _C: the ops must be registered first)
+from . import (
+    _C,  # noqa: F401  (loads the op library)
+    layer,
+    ops,
+)
 from .ops.moe_align import (
     moe_align_block_size,
     moe_align_block_size_out,
