@@ -162,9 +162,9 @@ def make_pools(preset, op, r):
     S, K, N = (2, H, inter_size) if op == "gate_up" else (1, inter_size, H)
     copy_bytes = S * L * E * (r * K + N * r) * 2
     copies = int(max(2, min(200, POOL_BYTES // copy_bytes)))
-    a = [torch.randn(copies, L, E, r, K, device="cuda", dtype=torch.bfloat16) / K**0.5
+    a = [torch.randn(copies, L, E, r, K, device="cuda", dtype=torch.bfloat16).mul_(K**-0.5)
          for _ in range(S)]
-    b = [torch.randn(copies, L, E, N, r, device="cuda", dtype=torch.bfloat16) / r**0.5
+    b = [torch.randn(copies, L, E, N, r, device="cuda", dtype=torch.bfloat16).mul_(r**-0.5)
          for _ in range(S)]
     return a, b
 

@@ -16,10 +16,6 @@ TOL = {
 }
 
 
-def has_kernel(op, key):
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"moe_ext::{op}", key)
-
-
 def make_case(
     device="cpu", dtype=torch.bfloat16, T=13, k=3, E=6, L=3, K=96, N=48, r=16, S=2,
     x_per_route=False, out3d=True, offset=0, extra_cols=0, block_size=4, shared_experts=False,
@@ -366,9 +362,6 @@ def test_cuda_graph_replay_new_routing_and_weights():
         check(new, out, ref_fused(new, True, True), True, 0)
 
 
-@pytest.mark.skipif(
-    not has_kernel("moe_lora_align_block_size", "CPU"), reason="needs the align op's kernels"
-)
 @pytest.mark.parametrize("device", DEVICES)
 def test_layer_helper(device):
     from moe_ext.layer import MoELoRA
