@@ -3,7 +3,7 @@
 # compute-sanitizer memcheck + racecheck on a small case, then the benchmark. Logs go to $OUT.
 #   scripts/device_gemm.sh [benchmark args...]      (SKIP_TESTS=1 to benchmark only)
 set -uo pipefail
-export PYTHONUNBUFFERED=1 CUDA_HOME=/usr/local/cuda TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
+export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1 CUDA_HOME=/usr/local/cuda TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import moe_ext" 2>/dev/null || python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
