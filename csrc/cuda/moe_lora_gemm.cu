@@ -36,6 +36,24 @@ at::Tensor expand_ready(const at::Tensor& b) {
   return padded;
 }
 
+std::vector<at::Tensor> expand_ready_all(const std::vector<at::Tensor>& lora_b) {
+  std::vector<at::Tensor> b;
+  for (const at::Tensor& t : lora_b) b.push_back(expand_ready(t));
+  return b;
+}
+
+at::Tensor float_weights(const at::Tensor& topk_weights, bool mul_routed_weight) {
+  return mul_routed_weight ? topk_weights.reshape({-1}).to(at::kFloat).contiguous() : at::Tensor();
+}
+
+// Overwrite mode: the slice columns of every route become 0 first; the kernel then writes
+// round(d) for the LoRA routes (no read of the old values).
+void zero_unless_add(const MoeLoraGemmDims& d, const at::Tensor& output, bool add_inputs) {
+  if (add_inputs) return;
+  const at::Tensor out2 = output.dim() == 3 ? output.flatten(0, 1) : output;
+  out2.narrow(1, d.offset, d.S * d.N).zero_();
+}
+
 lg::Routing make_routing(const MoeLoraGemmDims& d, const at::Tensor& sorted_token_ids,
                          const at::Tensor& expert_ids, const at::Tensor& num_tokens_post_pad,
                          const at::Tensor& enabled) {
@@ -112,23 +130,22 @@ std::pair<at::Tensor, int> run_shrink(const MoeLoraGemmDims& d, const lg::Routin
   return {partial, plan.ksplit};
 }
 
-// Expand from fp32 partials (ksplit > 0) or from the T intermediate (partial undefined).
+// Expand from fp32 partials (ksplit > 0) or from the T intermediate (partial undefined);
+// dependent: launched right behind the shrink of the same call (programmatic dependent launch).
 void run_expand(const MoeLoraGemmDims& d, const lg::Routing& rt, const at::Tensor& partial,
-                int ksplit, const at::Tensor& intermediate, const std::vector<at::Tensor>& lora_b,
-                const at::Tensor& topk_weights, bool mul_routed_weight, bool add_inputs,
-                const at::Tensor& output, int sms, cudaStream_t stream) {
+                int ksplit, const at::Tensor& intermediate, const std::vector<at::Tensor>& b,
+                const at::Tensor& w, bool add_inputs, const at::Tensor& output, int sms,
+                bool dependent, cudaStream_t stream) {
   const at::Tensor out2 = output.dim() == 3 ? output.flatten(0, 1) : output;
-  if (!add_inputs) out2.narrow(1, d.offset, d.S * d.N).zero_();
-  std::vector<at::Tensor> b(lora_b.size());
   lg::ExpandArgs args{};
   args.rt = rt;
   args.partial = partial.defined() ? partial.data_ptr<float>() : nullptr;
   args.ksplit = ksplit;
+  args.G = lg::reduce_groups(ksplit, rt.BS, lg::padded_rank(static_cast<int>(d.r)));
   args.inter = intermediate.defined() ? intermediate.data_ptr() : nullptr;
   args.r = static_cast<int>(d.r);
   args.RP = lg::padded_rank(args.r);
-  for (size_t s = 0; s < lora_b.size(); ++s) {
-    b[s] = expand_ready(lora_b[s]);
+  for (size_t s = 0; s < b.size(); ++s) {
     args.b[s] = b[s].data_ptr();
     args.b_sl[s] = b[s].stride(0);
     args.b_se[s] = b[s].stride(1);
@@ -138,22 +155,18 @@ void run_expand(const MoeLoraGemmDims& d, const lg::Routing& rt, const at::Tenso
   args.S = static_cast<int>(d.S);
   args.N = static_cast<int>(d.N);
   args.ntiles = static_cast<int>((d.N + lg::kExpandBN - 1) / lg::kExpandBN);
-  args.top_k = static_cast<int>(d.top_k);
-  at::Tensor w;
-  if (mul_routed_weight) {
-    w = topk_weights.reshape({-1}).to(at::kFloat).contiguous();
-    args.weights = w.data_ptr<float>();
-  }
+  if (w.defined()) args.weights = w.data_ptr<float>();
   args.out = output.data_ptr();
-  args.out_sj = out2.stride(0);
-  args.out_st = out2.stride(0) * d.top_k;
+  args.out_row = out2.stride(0);
   args.col0 = static_cast<int>(d.offset);
   args.add = add_inputs;
-  args.vec = aligned16(output) && d.offset % 8 == 0 && out2.stride(0) % 8 == 0;
+  args.vec = reinterpret_cast<uintptr_t>(output.data_ptr()) % 4 == 0 && d.offset % 2 == 0 &&
+             out2.stride(0) % 2 == 0;
   const int grid = lg::expand_grid(d.numel, rt.L, rt.NB, rt.BS, rt.E, args.S, args.ntiles, sms);
   const cudaError_t err = output.scalar_type() == at::kHalf
-                              ? lg::launch_moe_lora_expand<__half>(args, grid, stream)
-                              : lg::launch_moe_lora_expand<__nv_bfloat16>(args, grid, stream);
+                              ? lg::launch_moe_lora_expand<__half>(args, grid, dependent, stream)
+                              : lg::launch_moe_lora_expand<__nv_bfloat16>(args, grid, dependent,
+                                                                           stream);
   MOE_EXT_CHECK_CUDA_LAUNCH(err);
 }
 
@@ -176,9 +189,13 @@ void fused_moe_lora_cuda(const at::Tensor& output, const at::Tensor& x,
   const at::Tensor enabled = enabled_int(adapter_enabled, d.L);
   const lg::Routing rt =
       make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, enabled);
+  zero_unless_add(d, output, add_inputs);
+  // Everything the expand needs besides the partials is prepared before the shrink launch, so
+  // that the expand is the very next kernel on the stream.
+  const at::Tensor w = float_weights(topk_weights, mul_routed_weight);
+  const std::vector<at::Tensor> b = expand_ready_all(lora_b);
   const auto [partial, ksplit] = run_shrink(d, rt, x, lora_a, sms, stream);
-  run_expand(d, rt, partial, ksplit, at::Tensor(), lora_b, topk_weights, mul_routed_weight,
-             add_inputs, output, sms, stream);
+  run_expand(d, rt, partial, ksplit, at::Tensor(), b, w, add_inputs, output, sms, true, stream);
 }
 
 void fused_moe_lora_shrink_cuda(const at::Tensor& intermediate, const at::Tensor& x,
@@ -197,16 +214,17 @@ void fused_moe_lora_shrink_cuda(const at::Tensor& intermediate, const at::Tensor
   const lg::Routing rt =
       make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, enabled);
   const auto [partial, ksplit] = run_shrink(d, rt, x, lora_a, sms, stream);
-  const int S = static_cast<int>(d.S), r = static_cast<int>(d.r);
+  const int S = static_cast<int>(d.S), r = static_cast<int>(d.r), RP = lg::padded_rank(r);
+  const int G = lg::reduce_groups(ksplit, rt.BS, RP);
   const int grid = static_cast<int>(std::min<int64_t>(
       lg::max_real_blocks(d.numel, d.L, d.NB, d.BS, d.E) * S, 8LL * sms));
   const cudaError_t err =
       x.scalar_type() == at::kHalf
           ? lg::launch_moe_lora_reduce<__half>(
-                rt, partial.data_ptr<float>(), ksplit, S, lg::padded_rank(r), r,
+                rt, partial.data_ptr<float>(), ksplit, G, S, RP, r,
                 static_cast<__half*>(intermediate.data_ptr()), grid, stream)
           : lg::launch_moe_lora_reduce<__nv_bfloat16>(
-                rt, partial.data_ptr<float>(), ksplit, S, lg::padded_rank(r), r,
+                rt, partial.data_ptr<float>(), ksplit, G, S, RP, r,
                 static_cast<__nv_bfloat16*>(intermediate.data_ptr()), grid, stream);
   MOE_EXT_CHECK_CUDA_LAUNCH(err);
 }
@@ -227,8 +245,10 @@ void fused_moe_lora_expand_cuda(const at::Tensor& output, const at::Tensor& inte
   const at::Tensor enabled = enabled_int(adapter_enabled, d.L);
   const lg::Routing rt =
       make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, enabled);
-  run_expand(d, rt, at::Tensor(), 1, intermediate, lora_b, topk_weights, mul_routed_weight,
-             add_inputs, output, num_sms(intermediate), stream);
+  zero_unless_add(d, output, add_inputs);
+  run_expand(d, rt, at::Tensor(), 1, intermediate, expand_ready_all(lora_b),
+             float_weights(topk_weights, mul_routed_weight), add_inputs, output,
+             num_sms(intermediate), false, stream);
 }
 
 TORCH_LIBRARY_IMPL(moe_ext, CUDA, m) {

@@ -19,6 +19,8 @@ namespace lora_gemm {
 // Rank padded to the shrink tile: 16, 32, 64 or 128.
 inline int padded_rank(int r) { return r <= 16 ? 16 : r <= 32 ? 32 : r <= 64 ? 64 : 128; }
 inline int shrink_bk(int rp) { return rp <= 32 ? 128 : 64; }
+// Slices one shrink CTA handles: two slices (gate/up) share one x tile up to rank 64.
+inline int shrink_slices_per_cta(int S, int r) { return S == 2 && padded_rank(r) <= 64 ? 2 : 1; }
 
 // Upper bound on the real blocks of a valid alignment: every non-empty (slot, expert) segment
 // wastes at most one partial block. Only sizes grids; the kernels loop over whatever is real.
@@ -34,7 +36,8 @@ struct ShrinkPlan {
 inline ShrinkPlan plan_shrink(int64_t numel, int L, int NB, int BS, int E, int S, int K, int r,
                               int num_sms) {
   const int bk = shrink_bk(padded_rank(r));
-  const int64_t items = max_real_blocks(numel, L, NB, BS, E) * S;
+  const int64_t items =
+      max_real_blocks(numel, L, NB, BS, E) * (S / shrink_slices_per_cta(S, r));
   const int64_t want = (4LL * num_sms + items - 1) / items;
   const int max_split = std::max(1, K / (2 * bk));
   int ksplit = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, max_split)));
@@ -50,23 +53,44 @@ inline int expand_grid(int64_t numel, int L, int NB, int BS, int E, int S, int n
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(items, 8LL * num_sms)));
 }
 
+// Chunk groups summed in parallel by the expand stage: up to 8, within 32 KB of scratch.
+inline int reduce_groups(int ksplit, int BS, int RP) {
+  const int bm = BS <= 16 ? 16 : BS <= 32 ? 32 : 64;
+  return std::max(1, std::min({ksplit, 8, 8192 / (bm * RP)}));
+}
+
 template <typename Kernel>
 cudaError_t launch_with_smem(Kernel kernel, int grid, int smem, cudaStream_t stream,
-                             const void* args_ptr) {
+                             const void* args_ptr, bool dependent = false) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   void* args[] = {const_cast<void*>(args_ptr)};
-  return cudaLaunchKernel(reinterpret_cast<const void*>(kernel), dim3(grid), dim3(kThreads), args,
-                          smem, stream);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = dependent ? 1 : 0;
+  return cudaLaunchKernelExC(&cfg, reinterpret_cast<const void*>(kernel), args);
+}
+
+template <typename T, int RP, int WM, int NS>
+cudaError_t launch_shrink_ns(const ShrinkArgs& a, int grid, cudaStream_t stream) {
+  constexpr int BK = RP <= 32 ? 128 : 64;
+  constexpr int STAGES = 3;
+  using Tile = ShrinkTile<T, RP, WM, BK, STAGES, NS>;
+  return launch_with_smem(moe_lora_shrink_kernel<T, RP, WM, BK, STAGES, NS>, grid, Tile::kSmem,
+                          stream, &a, false);
 }
 
 template <typename T, int RP, int WM>
 cudaError_t launch_shrink_rp_wm(const ShrinkArgs& a, int grid, cudaStream_t stream) {
-  constexpr int BK = RP <= 32 ? 128 : 64;
-  constexpr int STAGES = 3;
-  using Tile = ShrinkTile<T, RP, WM, BK, STAGES>;
-  return launch_with_smem(moe_lora_shrink_kernel<T, RP, WM, BK, STAGES>, grid, Tile::kSmem,
-                          stream, &a);
+  if (shrink_slices_per_cta(a.S, a.r) == 2) return launch_shrink_ns<T, RP, WM, 2>(a, grid, stream);
+  return launch_shrink_ns<T, RP, WM, 1>(a, grid, stream);
 }
 
 template <typename T, int RP>
@@ -88,20 +112,43 @@ cudaError_t launch_moe_lora_shrink(const ShrinkArgs& a, int grid, cudaStream_t s
   }
 }
 
+// dependent: launched right behind the shrink (programmatic dependent launch).
 template <typename T>
-cudaError_t launch_moe_lora_expand(const ExpandArgs& a, int grid, cudaStream_t stream) {
-  if (a.rt.BS <= 16)
-    return launch_with_smem(moe_lora_expand_kernel<T, 1>, grid, ExpandTile<1>::kSmem, stream, &a);
-  if (a.rt.BS <= 32)
-    return launch_with_smem(moe_lora_expand_kernel<T, 2>, grid, ExpandTile<2>::kSmem, stream, &a);
-  return launch_with_smem(moe_lora_expand_kernel<T, 4>, grid, ExpandTile<4>::kSmem, stream, &a);
+cudaError_t launch_moe_lora_expand(const ExpandArgs& a, int grid, bool dependent,
+                                   cudaStream_t stream) {
+  const int bs = a.rt.BS, e = static_cast<int>(sizeof(T));
+  if (bs <= 16)
+    return launch_with_smem(moe_lora_expand_kernel<T, 1>, grid, ExpandTile<1>::smem(a.RP, a.G, e),
+                            stream, &a, dependent);
+  if (bs <= 32)
+    return launch_with_smem(moe_lora_expand_kernel<T, 2>, grid, ExpandTile<2>::smem(a.RP, a.G, e),
+                            stream, &a, dependent);
+  return launch_with_smem(moe_lora_expand_kernel<T, 4>, grid, ExpandTile<4>::smem(a.RP, a.G, e),
+                          stream, &a, dependent);
 }
 
-template <typename T>
-cudaError_t launch_moe_lora_reduce(const Routing& rt, const float* partial, int ksplit, int S,
-                                   int RP, int r, T* inter, int grid, cudaStream_t stream) {
-  moe_lora_reduce_kernel<T><<<grid, kThreads, 0, stream>>>(rt, partial, ksplit, S, RP, r, inter);
+template <typename T, int MI>
+cudaError_t launch_reduce_mi(const Routing& rt, const float* partial, int ksplit, int G, int S,
+                             int RP, int r, T* inter, int grid, cudaStream_t stream) {
+  const int smem = ExpandTile<MI>::kHeadAligned + (G > 1 ? G * 16 * MI * RP * 4 : 0);
+  cudaError_t err = cudaFuncSetAttribute(moe_lora_reduce_kernel<T, MI>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  moe_lora_reduce_kernel<T, MI><<<grid, kThreads, smem, stream>>>(rt, partial, ksplit, G, S, RP, r,
+                                                                 inter);
   return cudaGetLastError();
+}
+
+// Standalone shrink output: intermediate [S, numel, r] from the partials, summed as the expand
+// stage sums them (same G), so shrink + expand is bit-identical to the fused op.
+template <typename T>
+cudaError_t launch_moe_lora_reduce(const Routing& rt, const float* partial, int ksplit, int G,
+                                   int S, int RP, int r, T* inter, int grid, cudaStream_t stream) {
+  if (rt.BS <= 16)
+    return launch_reduce_mi<T, 1>(rt, partial, ksplit, G, S, RP, r, inter, grid, stream);
+  if (rt.BS <= 32)
+    return launch_reduce_mi<T, 2>(rt, partial, ksplit, G, S, RP, r, inter, grid, stream);
+  return launch_reduce_mi<T, 4>(rt, partial, ksplit, G, S, RP, r, inter, grid, stream);
 }
 
 }  // namespace lora_gemm

@@ -86,6 +86,77 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+// Programmatic dependent launch: the shrink lets the expand grid start early (it prefetches
+// weights and output), and the expand waits for the shrink's partials only where it reads them.
+__device__ __forceinline__ void pdl_launch_dependents() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+__device__ __forceinline__ void pdl_wait_primary() {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
+
+// sum over ks = first, first + step, ... < count of src[ks * stride .. + 4], in that order
+// (a fixed order: bit-identical results run to run), four loads in flight at a time.
+__device__ __forceinline__ float4 sum_chunks(const float* src, int64_t stride, int first, int step,
+                                             int count) {
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  int ks = first;
+  for (; ks + 3 * step < count; ks += 4 * step) {
+    float4 v[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) v[q] = *reinterpret_cast<const float4*>(src + (ks + q * step) * stride);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      acc.x += v[q].x; acc.y += v[q].y; acc.z += v[q].z; acc.w += v[q].w;
+    }
+  }
+  for (; ks < count; ks += step) {
+    const float4 v = *reinterpret_cast<const float4*>(src + ks * stride);
+    acc.x += v.x; acc.y += v.y; acc.z += v.z; acc.w += v.w;
+  }
+  return acc;
+}
+
+// Sums the fp32 K-chunk partials of the BM routes ids[0..BM) (slice s) and hands each group of
+// 4 ranks to sink(row, col, float4); rows with id < 0 get zeros. With G > 1 the chunks are split
+// into G interleaved groups summed by different threads (parallel at decode, where a block holds
+// one or two routes and ksplit is large), then combined in group order through red
+// [G][BM][RP] floats. The order depends on (G, ksplit) only, so every caller using the same G
+// gets bit-identical sums.
+template <int BM, typename Sink>
+__device__ __forceinline__ void reduce_partials(const float* partial, int ksplit, int S, int s,
+                                                int numel, int RP, int G, const int* ids,
+                                                float* red, Sink sink) {
+  const int c4 = RP / 4;
+  const int64_t stride = static_cast<int64_t>(S) * numel * RP;
+  const float* base = partial + static_cast<int64_t>(s) * numel * RP;
+  if (G == 1) {
+    for (int u = threadIdx.x; u < BM * c4; u += kThreads) {
+      const int row = u / c4, col = (u % c4) * 4, id = ids[row];
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (id >= 0) v = sum_chunks(base + static_cast<int64_t>(id) * RP + col, stride, 0, 1, ksplit);
+      sink(row, col, v);
+    }
+    return;
+  }
+  for (int u = threadIdx.x; u < G * BM * c4; u += kThreads) {
+    const int q = u % G, rc = u / G, row = rc / c4, col = (rc % c4) * 4, id = ids[row];
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (id >= 0) v = sum_chunks(base + static_cast<int64_t>(id) * RP + col, stride, q, G, ksplit);
+    *reinterpret_cast<float4*>(red + (q * BM + row) * RP + col) = v;
+  }
+  __syncthreads();
+  for (int u = threadIdx.x; u < BM * c4; u += kThreads) {
+    const int row = u / c4, col = (u % c4) * 4;
+    float4 v = *reinterpret_cast<const float4*>(red + row * RP + col);
+    for (int q = 1; q < G; ++q) {
+      const float4 w = *reinterpret_cast<const float4*>(red + (q * BM + row) * RP + col);
+      v.x += w.x; v.y += w.y; v.z += w.z; v.w += w.w;
+    }
+    sink(row, col, v);
+  }
+}
+
 template <typename T>
 struct MmaOp;
 template <>

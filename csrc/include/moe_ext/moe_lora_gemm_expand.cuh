@@ -2,7 +2,8 @@
 // 128 output columns, tmp = round_to_T(sum over K chunks of the fp32 partials) (or the T
 // intermediate of the standalone shrink op), d = tmp @ lora_b[s][l, e].T in fp32, times the
 // routing weight, added to (or written into) output. The output tile is prefetched into
-// registers while the weights arrive, then streamed once with 16-byte accesses.
+// registers (accumulator layout) while the weights arrive, and written straight from the
+// accumulators: each output element is read and written once.
 #pragma once
 
 #include "moe_ext/moe_lora_gemm_common.cuh"
@@ -13,17 +14,17 @@ namespace lora_gemm {
 struct ExpandArgs {
   Routing rt;
   const float* partial;  // [ksplit, S, numel, RP] fp32, or nullptr when `inter` is used
-  int ksplit;
+  int ksplit, G;         // G: chunk groups summed in parallel (see reduce_partials)
   const void* inter;     // [S, numel, r] in T (standalone expand), or nullptr
   int RP, r, rb;         // padded k extent (multiple of 16), rank, columns of lora_b to read
   const void* b[kMaxSlices];  // lora_b[s]: [L, E, N, rb'] with unit stride on the rank
   int64_t b_sl[kMaxSlices], b_se[kMaxSlices], b_sn[kMaxSlices];
-  int S, N, ntiles, top_k;
+  int S, N, ntiles;
   const float* weights;  // [numel] routing weights, or nullptr (no multiply)
-  void* out;             // element (t, j, c) at t*out_st + j*out_sj + c
-  int64_t out_st, out_sj;
+  void* out;             // element (route i, column c) at i * out_row + c
+  int64_t out_row;
   int col0;              // offset
-  bool add, vec;         // vec: 16-byte aligned rows and columns
+  bool add, vec;         // vec: 4-byte aligned column pairs (offset, row stride and base even)
 };
 
 constexpr int kExpandBN = 128;
@@ -31,41 +32,33 @@ constexpr int kExpandBN = 128;
 template <int MI>
 struct ExpandTile {
   static constexpr int BM = 16 * MI;
-  static constexpr int LDA = 128 + 8;  // rank up to 128, +16 bytes per row
-  static constexpr int LDC = kExpandBN + 4;
-  static constexpr int kOps = (BM + kExpandBN) * LDA * 2;
-  static constexpr int kCBytes = BM * LDC * 4;
   static constexpr int kHead = 4 * (kMaxLoras + 1) + 4 * 4 + 4 * BM + 4 * BM;
   static constexpr int kHeadAligned = (kHead + 127) / 128 * 128;
-  static constexpr int kSmem = kHeadAligned + (kOps > kCBytes ? kOps : kCBytes);
+  // Operands [BM + BN][RP + 8] in T, then the chunk-group scratch [G][BM][RP] fp32.
+  static int smem(int RP, int G, int elem) {
+    return kHeadAligned + (BM + kExpandBN) * (RP + 8) * elem + (G > 1 ? G * BM * RP * 4 : 0);
+  }
 };
-
-template <typename T>
-__device__ __forceinline__ void load8(const T* src, float* dst) {
-  const uint4 v = *reinterpret_cast<const uint4*>(src);
-  const T* h = reinterpret_cast<const T*>(&v);
-#pragma unroll
-  for (int q = 0; q < 8; ++q) dst[q] = to_f32(h[q]);
-}
 
 template <typename T, int MI>
 __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandArgs p) {
   using Tile = ExpandTile<MI>;
-  constexpr int BM = Tile::BM, LDA = Tile::LDA, LDC = Tile::LDC, BN = kExpandBN;
-  constexpr int VPT = BM * (BN / 8) / kThreads;  // output vectors per thread per tile
+  constexpr int BM = Tile::BM, BN = kExpandBN;
   extern __shared__ __align__(128) unsigned char smem[];
   int* prefix = reinterpret_cast<int*>(smem);
   int* scratch = prefix + kMaxLoras + 1;
   int* ids = scratch + 4;
   float* wts = reinterpret_cast<float*>(ids + BM);
+  const int LDA = p.RP + 8;  // +16 bytes per row: conflict-free fragment loads
   T* as = reinterpret_cast<T*>(smem + Tile::kHeadAligned);  // [BM][LDA]
   T* bs = as + BM * LDA;                                      // [BN][LDA]
-  float* cs = reinterpret_cast<float*>(smem + Tile::kHeadAligned);  // [BM][LDC], after the mma
+  float* red = reinterpret_cast<float*>(bs + BN * LDA);
 
   const Routing& rt = p.rt;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;
   T* out = static_cast<T*>(p.out);
+  bool waited = false;
 
   const int nblk = build_work_prefix(rt, prefix, scratch);
   const int total = nblk * p.S * p.ntiles;
@@ -103,47 +96,45 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
       }
       cp_async_commit();
 
-      // Output prefetch: its latency overlaps the weights and the mma.
-      uint4 prev[VPT];
+      // Output prefetch in the accumulator layout: its latency overlaps the weights and mma.
+      const int cw = warp * 32 + 2 * t4;  // this thread's first column inside the tile
+      uint32_t prev[MI][4][2];
       if (p.add && p.vec) {
 #pragma unroll
-        for (int v = 0; v < VPT; ++v) {
-          const int c = v * kThreads + tid, row = c / (BN / 8), col = (c % (BN / 8)) * 8;
-          const int id = ids[row];
-          if (id >= 0 && n0 + col < p.N) {
-            const T* src = out + (id / p.top_k) * p.out_st + (id % p.top_k) * p.out_sj +
-                           col_base + col;
-            prev[v] = *reinterpret_cast<const uint4*>(src);
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int id = ids[i * 16 + g + 8 * h];
+            const T* row = out + static_cast<int64_t>(id) * p.out_row + col_base + cw;
+#pragma unroll
+            for (int n = 0; n < 4; ++n)
+              prev[i][n][h] = (id >= 0 && n0 + cw + n * 8 < p.N)
+                                  ? *reinterpret_cast<const uint32_t*>(row + n * 8)
+                                  : 0u;
           }
-        }
       }
 
       // A tile [BM x RP]: the rank vectors, rounded to T exactly once.
-      for (int c = tid; c < BM * (p.RP / 8); c += kThreads) {
-        const int row = c / (p.RP / 8), col = (c % (p.RP / 8)) * 8;
-        const int id = ids[row];
-        float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        if (id >= 0) {
-          if (p.partial != nullptr) {
-            for (int ks = 0; ks < p.ksplit; ++ks) {
-              const float* src =
-                  p.partial + ((static_cast<int64_t>(ks) * p.S + s) * rt.numel + id) * p.RP + col;
-              const float4 lo = *reinterpret_cast<const float4*>(src);
-              const float4 hi = *reinterpret_cast<const float4*>(src + 4);
-              v[0] += lo.x; v[1] += lo.y; v[2] += lo.z; v[3] += lo.w;
-              v[4] += hi.x; v[5] += hi.y; v[6] += hi.z; v[7] += hi.w;
-            }
-          } else {
-            const T* src = static_cast<const T*>(p.inter) +
-                           (static_cast<int64_t>(s) * rt.numel + id) * p.r;
-#pragma unroll
-            for (int q = 0; q < 8; ++q)
-              if (col + q < p.r) v[q] = to_f32(src[col + q]);
-          }
+      if (p.partial != nullptr) {
+        if (!waited) {
+          pdl_wait_primary();
+          waited = true;
         }
-        T* dst = as + row * LDA + col;
-#pragma unroll
-        for (int q = 0; q < 8; ++q) dst[q] = from_f32<T>(v[q]);
+        reduce_partials<BM>(p.partial, p.ksplit, p.S, s, rt.numel, p.RP, p.G, ids, red,
+                            [&](int row, int col, float4 v) {
+                              T* dst = as + row * LDA + col;
+                              dst[0] = from_f32<T>(v.x);
+                              dst[1] = from_f32<T>(v.y);
+                              dst[2] = from_f32<T>(v.z);
+                              dst[3] = from_f32<T>(v.w);
+                            });
+      } else {
+        for (int c = tid; c < BM * p.RP; c += kThreads) {
+          const int row = c / p.RP, col = c % p.RP, id = ids[row];
+          const T* src = static_cast<const T*>(p.inter) +
+                         (static_cast<int64_t>(s) * rt.numel + id) * p.r;
+          as[row * LDA + col] = (id >= 0 && col < p.r) ? src[col] : from_f32<T>(0.f);
+        }
       }
       cp_async_wait<0>();
       __syncthreads();
@@ -174,63 +165,53 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
           for (int n = 0; n < 4; ++n) MmaOp<T>::run(acc[i][n], af, bf[n]);
         }
       }
-      __syncthreads();  // operands consumed: the C staging area may overwrite them
-#pragma unroll
-      for (int i = 0; i < MI; ++i) {
-        const int r0 = i * 16 + g;
-        const float w0 = wts[r0], w1 = wts[r0 + 8];
-#pragma unroll
-        for (int n = 0; n < 4; ++n) {
-          const int col = warp * 32 + n * 8 + 2 * t4;
-          *reinterpret_cast<float2*>(cs + r0 * LDC + col) =
-              make_float2(acc[i][n][0] * w0, acc[i][n][1] * w0);
-          *reinterpret_cast<float2*>(cs + (r0 + 8) * LDC + col) =
-              make_float2(acc[i][n][2] * w1, acc[i][n][3] * w1);
-        }
-      }
-      __syncthreads();
 
+      // Epilogue straight from the accumulators: out = round(out + w * d) (or round(w * d)).
 #pragma unroll
-      for (int v = 0; v < VPT; ++v) {
-        const int c = v * kThreads + tid, row = c / (BN / 8), col = (c % (BN / 8)) * 8;
-        const int id = ids[row];
-        if (id < 0 || n0 + col >= p.N) continue;
-        T* dst = out + (id / p.top_k) * p.out_st + (id % p.top_k) * p.out_sj + col_base + col;
-        const float* d = cs + row * LDC + col;
-        if (p.vec) {
-          float o[8];
-          if (p.add) {
-            const T* h = reinterpret_cast<const T*>(&prev[v]);
+      for (int i = 0; i < MI; ++i)
 #pragma unroll
-            for (int q = 0; q < 8; ++q) o[q] = to_f32(h[q]) + d[q];
-          } else {
+        for (int h = 0; h < 2; ++h) {
+          const int row = i * 16 + g + 8 * h, id = ids[row];
+          if (id < 0) continue;
+          const float wt = wts[row];
+          T* dst = out + static_cast<int64_t>(id) * p.out_row + col_base + cw;
 #pragma unroll
-            for (int q = 0; q < 8; ++q) o[q] = d[q];
+          for (int n = 0; n < 4; ++n) {
+            if (n0 + cw + n * 8 >= p.N) continue;
+            const float d0 = acc[i][n][2 * h] * wt, d1 = acc[i][n][2 * h + 1] * wt;
+            T* q = dst + n * 8;
+            if (p.vec) {
+              float o0 = d0, o1 = d1;
+              if (p.add) {
+                const T* old = reinterpret_cast<const T*>(&prev[i][n][h]);
+                o0 += to_f32(old[0]);
+                o1 += to_f32(old[1]);
+              }
+              T pair[2] = {from_f32<T>(o0), from_f32<T>(o1)};
+              *reinterpret_cast<uint32_t*>(q) = *reinterpret_cast<const uint32_t*>(pair);
+            } else {
+              q[0] = from_f32<T>(p.add ? to_f32(q[0]) + d0 : d0);
+              q[1] = from_f32<T>(p.add ? to_f32(q[1]) + d1 : d1);
+            }
           }
-          uint4 packed;
-          T* ph = reinterpret_cast<T*>(&packed);
-#pragma unroll
-          for (int q = 0; q < 8; ++q) ph[q] = from_f32<T>(o[q]);
-          *reinterpret_cast<uint4*>(dst) = packed;
-        } else {
-#pragma unroll
-          for (int q = 0; q < 8; ++q)
-            dst[q] = from_f32<T>(p.add ? to_f32(dst[q]) + d[q] : d[q]);
         }
-      }
     }
   }
 }
 
 // intermediate[s, i, :r] = round_to_T(sum over K chunks of partial[., s, i, :r]) for the routes
-// of every real block: the standalone shrink op, bit-identical to what the expand stage uses.
-template <typename T>
+// of every real block: the standalone shrink op, summed exactly as the expand stage sums them.
+template <typename T, int MI>
 __global__ void __launch_bounds__(kThreads) moe_lora_reduce_kernel(const Routing rt,
                                                                     const float* partial,
-                                                                    int ksplit, int S, int RP,
-                                                                    int r, T* inter) {
-  __shared__ int prefix[kMaxLoras + 1];
-  __shared__ int scratch[4];
+                                                                    int ksplit, int G, int S,
+                                                                    int RP, int r, T* inter) {
+  constexpr int BM = 16 * MI;
+  extern __shared__ __align__(128) unsigned char smem[];
+  int* prefix = reinterpret_cast<int*>(smem);
+  int* scratch = prefix + kMaxLoras + 1;
+  int* ids = scratch + 4;
+  float* red = reinterpret_cast<float*>(smem + ExpandTile<MI>::kHeadAligned);
   const int nblk = build_work_prefix(rt, prefix, scratch);
   for (int w = blockIdx.x; w < nblk * S; w += gridDim.x) {
     const int wb = w % nblk, s = w / nblk;
@@ -240,14 +221,23 @@ __global__ void __launch_bounds__(kThreads) moe_lora_reduce_kernel(const Routing
     if (e < 0 || e >= rt.E) continue;
     const int32_t* block_ids = rt.sorted_ids + static_cast<int64_t>(l) * rt.P +
                                static_cast<int64_t>(b) * rt.BS;
-    for (int c = threadIdx.x; c < rt.BS * r; c += kThreads) {
-      const int m = c / r, q = c % r;
-      const int id = block_ids[m];
-      if (id < 0 || id >= rt.numel) continue;
-      float v = 0.f;
-      for (int ks = 0; ks < ksplit; ++ks)
-        v += partial[((static_cast<int64_t>(ks) * S + s) * rt.numel + id) * RP + q];
-      inter[(static_cast<int64_t>(s) * rt.numel + id) * r + q] = from_f32<T>(v);
+    for (int m0 = 0; m0 < rt.BS; m0 += BM) {
+      __syncthreads();
+      if (threadIdx.x < BM) {
+        const int v = m0 + threadIdx.x < rt.BS ? block_ids[m0 + threadIdx.x] : -1;
+        ids[threadIdx.x] = (v >= 0 && v < rt.numel) ? v : -1;
+      }
+      __syncthreads();
+      reduce_partials<BM>(partial, ksplit, S, s, rt.numel, RP, G, ids, red,
+                          [&](int row, int col, float4 v) {
+                            const int id = ids[row];
+                            if (id < 0) return;
+                            T* dst = inter + (static_cast<int64_t>(s) * rt.numel + id) * r;
+                            const float vals[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                            for (int q = 0; q < 4; ++q)
+                              if (col + q < r) dst[col + q] = from_f32<T>(vals[q]);
+                          });
     }
   }
 }

@@ -22,31 +22,31 @@ struct ShrinkArgs {
   int RP;
 };
 
-// Tile: BM = 16*WM routes x RP ranks, K in stages of BK. The 4 warps split M (WM of them) and
-// the k16 steps of a stage (4/WM of them); split-k warps are summed through shared memory in a
-// fixed order.
-template <typename T, int RP, int WM, int BK, int STAGES>
+// Tile: BM = 16*WM routes x RP ranks for NS slices at once (the x tile is loaded once for all
+// of them), K in stages of BK. The 4 warps split M (WM of them) and the k16 steps of a stage
+// (4/WM of them); split-k warps are summed through shared memory in a fixed order.
+template <typename T, int RP, int WM, int BK, int STAGES, int NS>
 struct ShrinkTile {
   static constexpr int BM = 16 * WM;
   static constexpr int WK = 4 / WM;
   static constexpr int LD = BK + 8;  // +16 bytes per row: conflict-free fragment loads
-  static constexpr int kPipeBytes = STAGES * (BM + RP) * LD * 2;
-  static constexpr int kRedBytes = WK > 1 ? WK * BM * RP * 4 : 0;
+  static constexpr int kPipeBytes = STAGES * (BM + NS * RP) * LD * 2;
+  static constexpr int kRedBytes = WK > 1 ? NS * WK * BM * RP * 4 : 0;
   static constexpr int kHead = 4 * (kMaxLoras + 1) + 4 * 4 + 4 * BM;  // prefix, scratch, ids
   static constexpr int kHeadAligned = (kHead + 127) / 128 * 128;
   static constexpr int kSmem = kHeadAligned + (kPipeBytes > kRedBytes ? kPipeBytes : kRedBytes);
 };
 
-template <typename T, int RP, int WM, int BK, int STAGES>
+template <typename T, int RP, int WM, int BK, int STAGES, int NS>
 __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkArgs p) {
-  using Tile = ShrinkTile<T, RP, WM, BK, STAGES>;
+  using Tile = ShrinkTile<T, RP, WM, BK, STAGES, NS>;
   constexpr int BM = Tile::BM, WK = Tile::WK, LD = Tile::LD, NF = RP / 8;
   extern __shared__ __align__(128) unsigned char smem[];
   int* prefix = reinterpret_cast<int*>(smem);
   int* scratch = prefix + kMaxLoras + 1;
   int* ids = scratch + 4;
   T* xs = reinterpret_cast<T*>(smem + Tile::kHeadAligned);  // [STAGES][BM][LD]
-  T* as = xs + STAGES * BM * LD;                             // [STAGES][RP][LD]
+  T* as = xs + STAGES * BM * LD;                             // [STAGES][NS][RP][LD]
   float* red = reinterpret_cast<float*>(smem + Tile::kHeadAligned);
 
   const Routing& rt = p.rt;
@@ -55,13 +55,15 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
   const int wm = warp % WM, wk = warp / WM;
   const T* x = static_cast<const T*>(p.x);
 
+  pdl_launch_dependents();  // the expand grid may start prefetching now
   const int nblk = build_work_prefix(rt, prefix, scratch);
-  const int total = nblk * p.S * p.ksplit;
+  const int groups = p.S / NS;
+  const int total = nblk * groups * p.ksplit;
   // Consecutive CTAs take consecutive blocks of one (slice, chunk): blocks of the same
   // (adapter, expert) pair then read the same weights close in time (L2 hits).
   for (int w = blockIdx.x; w < total; w += gridDim.x) {
     const int wb = w % nblk, rest = w / nblk;
-    const int ks = rest % p.ksplit, s = rest / p.ksplit;
+    const int ks = rest % p.ksplit, s0 = (rest / p.ksplit) * NS;
     const int l = find_slot(prefix, rt.L, wb);
     const int b = wb - prefix[l];
     const int e = rt.block_experts[static_cast<int64_t>(l) * rt.NB + b];
@@ -70,7 +72,10 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
     const int k_end = min(p.K, k_begin + p.kchunk);
     if (k_begin >= k_end) continue;
     const int nk = (k_end - k_begin + BK - 1) / BK;
-    const T* a = static_cast<const T*>(p.a[s]) + l * p.a_sl[s] + e * p.a_se[s];
+    const T* a[NS];
+#pragma unroll
+    for (int j = 0; j < NS; ++j)
+      a[j] = static_cast<const T*>(p.a[s0 + j]) + l * p.a_sl[s0 + j] + e * p.a_se[s0 + j];
     const int32_t* block_ids = rt.sorted_ids + static_cast<int64_t>(l) * rt.P +
                                static_cast<int64_t>(b) * rt.BS;
 
@@ -87,7 +92,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
       auto load_stage = [&](int stage, int kt) {
         const int k0 = k_begin + kt * BK;
         T* xd = xs + stage * BM * LD;
-        T* ad = as + stage * RP * LD;
+        T* ad = as + stage * NS * RP * LD;
         for (int c = tid; c < BM * (BK / 8); c += kThreads) {
           const int row = c / (BK / 8), col = (c % (BK / 8)) * 8;
           const int id = ids[row];
@@ -95,16 +100,21 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
           const int64_t xr = p.x_per_route ? id : id / p.top_k;
           cp_async16(xd + row * LD + col, ok ? x + xr * p.x_row_stride + k0 + col : x, ok);
         }
-        for (int c = tid; c < RP * (BK / 8); c += kThreads) {
-          const int row = c / (BK / 8), col = (c % (BK / 8)) * 8;
-          const bool ok = row < p.r && k0 + col < k_end;
-          cp_async16(ad + row * LD + col, ok ? a + row * p.a_sr[s] + k0 + col : a, ok);
-        }
+#pragma unroll
+        for (int j = 0; j < NS; ++j)
+          for (int c = tid; c < RP * (BK / 8); c += kThreads) {
+            const int row = c / (BK / 8), col = (c % (BK / 8)) * 8;
+            const bool ok = row < p.r && k0 + col < k_end;
+            cp_async16(ad + (j * RP + row) * LD + col,
+                       ok ? a[j] + row * p.a_sr[s0 + j] + k0 + col : a[j], ok);
+          }
       };
 
-      float acc[NF][4];
+      float acc[NS][NF][4];
 #pragma unroll
-      for (int n = 0; n < NF; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+      for (int j = 0; j < NS; ++j)
+#pragma unroll
+        for (int n = 0; n < NF; ++n) acc[j][n][0] = acc[j][n][1] = acc[j][n][2] = acc[j][n][3] = 0.f;
       const bool warp_rows = ids[wm * 16 + g] >= 0 || ids[wm * 16 + g + 8] >= 0;
       const bool warp_live = __any_sync(0xffffffffu, warp_rows);
 
@@ -121,7 +131,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
         cp_async_commit();
         if (!warp_live) continue;
         const T* xt = xs + (kt % STAGES) * BM * LD + (wm * 16) * LD;
-        const T* at = as + (kt % STAGES) * RP * LD;
+        const T* at = as + (kt % STAGES) * NS * RP * LD;
 #pragma unroll
         for (int kk = wk; kk < BK / 16; kk += WK) {
           const int kb = kk * 16 + 2 * t4;
@@ -131,51 +141,63 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
           af[2] = lds32(xt + g * LD + kb + 8);
           af[3] = lds32(xt + (g + 8) * LD + kb + 8);
 #pragma unroll
-          for (int n = 0; n < NF; ++n) {
-            uint32_t bf[2];
-            bf[0] = lds32(at + (n * 8 + g) * LD + kb);
-            bf[1] = lds32(at + (n * 8 + g) * LD + kb + 8);
-            MmaOp<T>::run(acc[n], af, bf);
-          }
+          for (int j = 0; j < NS; ++j)
+#pragma unroll
+            for (int n = 0; n < NF; ++n) {
+              const T* brow = at + (j * RP + n * 8 + g) * LD;
+              uint32_t bf[2];
+              bf[0] = lds32(brow + kb);
+              bf[1] = lds32(brow + kb + 8);
+              MmaOp<T>::run(acc[j][n], af, bf);
+            }
         }
       }
       cp_async_wait<0>();
       __syncthreads();
 
-      float* dst = p.partial + (static_cast<int64_t>(ks) * p.S + s) * rt.numel * RP;
       const int r0 = wm * 16 + g;
-      if (WK == 1) {
-        const int id0 = ids[r0], id1 = ids[r0 + 8];
 #pragma unroll
-        for (int n = 0; n < NF; ++n) {
-          const int col = n * 8 + 2 * t4;
-          if (id0 >= 0)
-            *reinterpret_cast<float2*>(dst + static_cast<int64_t>(id0) * RP + col) =
-                make_float2(acc[n][0], acc[n][1]);
-          if (id1 >= 0)
-            *reinterpret_cast<float2*>(dst + static_cast<int64_t>(id1) * RP + col) =
-                make_float2(acc[n][2], acc[n][3]);
-        }
-      } else {
-        float* mine_red = red + wk * BM * RP;
+      for (int j = 0; j < NS; ++j) {
+        float* dst = p.partial + (static_cast<int64_t>(ks) * p.S + s0 + j) * rt.numel * RP;
+        if (WK == 1) {
+          const int id0 = ids[r0], id1 = ids[r0 + 8];
 #pragma unroll
-        for (int n = 0; n < NF; ++n) {
-          const int col = n * 8 + 2 * t4;
-          *reinterpret_cast<float2*>(mine_red + r0 * RP + col) = make_float2(acc[n][0], acc[n][1]);
-          *reinterpret_cast<float2*>(mine_red + (r0 + 8) * RP + col) =
-              make_float2(acc[n][2], acc[n][3]);
+          for (int n = 0; n < NF; ++n) {
+            const int col = n * 8 + 2 * t4;
+            if (id0 >= 0)
+              *reinterpret_cast<float2*>(dst + static_cast<int64_t>(id0) * RP + col) =
+                  make_float2(acc[j][n][0], acc[j][n][1]);
+            if (id1 >= 0)
+              *reinterpret_cast<float2*>(dst + static_cast<int64_t>(id1) * RP + col) =
+                  make_float2(acc[j][n][2], acc[j][n][3]);
+          }
+        } else {
+          float* mine_red = red + (j * WK + wk) * BM * RP;
+#pragma unroll
+          for (int n = 0; n < NF; ++n) {
+            const int col = n * 8 + 2 * t4;
+            *reinterpret_cast<float2*>(mine_red + r0 * RP + col) =
+                make_float2(acc[j][n][0], acc[j][n][1]);
+            *reinterpret_cast<float2*>(mine_red + (r0 + 8) * RP + col) =
+                make_float2(acc[j][n][2], acc[j][n][3]);
+          }
         }
+      }
+      if (WK > 1) {
         __syncthreads();
-        for (int c = tid; c < BM * RP / 4; c += kThreads) {
-          const int row = c / (RP / 4), col = (c % (RP / 4)) * 4;
+        for (int c = tid; c < NS * BM * RP / 4; c += kThreads) {
+          const int j = c / (BM * RP / 4), rc = c % (BM * RP / 4);
+          const int row = rc / (RP / 4), col = (rc % (RP / 4)) * 4;
           const int id = ids[row];
           if (id < 0) continue;
-          float4 sum = *reinterpret_cast<const float4*>(red + row * RP + col);
+          const float* base = red + j * WK * BM * RP + row * RP + col;
+          float4 sum = *reinterpret_cast<const float4*>(base);
 #pragma unroll
           for (int q = 1; q < WK; ++q) {
-            const float4 v = *reinterpret_cast<const float4*>(red + (q * BM + row) * RP + col);
+            const float4 v = *reinterpret_cast<const float4*>(base + q * BM * RP);
             sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w;
           }
+          float* dst = p.partial + (static_cast<int64_t>(ks) * p.S + s0 + j) * rt.numel * RP;
           *reinterpret_cast<float4*>(dst + static_cast<int64_t>(id) * RP + col) = sum;
         }
       }
