@@ -92,7 +92,8 @@ int num_sms(const at::Tensor& t) {
   return sms;
 }
 
-// Shrink into a fresh fp32 workspace [ksplit, S, numel, RP]; returns it with its split count.
+// Shrink into a fresh workspace: fp32 partials [ksplit, S, numel, RP], or with a single K
+// chunk the rounded rank vectors [S, numel, RP] in x's dtype. Returns it with the split count.
 std::pair<at::Tensor, int> run_shrink(const MoeLoraGemmDims& d, const lg::Routing& rt,
                                       const at::Tensor& x_in,
                                       const std::vector<at::Tensor>& lora_a, int sms,
@@ -120,9 +121,11 @@ std::pair<at::Tensor, int> run_shrink(const MoeLoraGemmDims& d, const lg::Routin
                                               args.K, args.r, sms);
   args.ksplit = plan.ksplit;
   args.kchunk = plan.kchunk;
-  at::Tensor partial =
-      at::empty({plan.ksplit * d.S * d.numel * args.RP}, x.options().dtype(at::kFloat));
-  args.partial = partial.data_ptr<float>();
+  const bool single = plan.ksplit == 1;
+  at::Tensor partial = at::empty({plan.ksplit * d.S * d.numel * args.RP},
+                                 x.options().dtype(single ? x.scalar_type() : at::kFloat));
+  args.partial = single ? nullptr : partial.data_ptr<float>();
+  args.tmp = single ? partial.data_ptr() : nullptr;
   const cudaError_t err = x.scalar_type() == at::kHalf
                               ? lg::launch_moe_lora_shrink<__half>(args, plan.grid, stream)
                               : lg::launch_moe_lora_shrink<__nv_bfloat16>(args, plan.grid, stream);
@@ -130,7 +133,8 @@ std::pair<at::Tensor, int> run_shrink(const MoeLoraGemmDims& d, const lg::Routin
   return {partial, plan.ksplit};
 }
 
-// Expand from fp32 partials (ksplit > 0) or from the T intermediate (partial undefined);
+// Expand from fp32 partials (ksplit > 1), from the T workspace (ksplit == 1, row stride RP) or
+// from the T intermediate [S, numel, r] (partial undefined);
 // dependent: launched right behind the shrink of the same call (programmatic dependent launch).
 void run_expand(const MoeLoraGemmDims& d, const lg::Routing& rt, const at::Tensor& partial,
                 int ksplit, const at::Tensor& intermediate, const std::vector<at::Tensor>& b,
@@ -139,12 +143,19 @@ void run_expand(const MoeLoraGemmDims& d, const lg::Routing& rt, const at::Tenso
   const at::Tensor out2 = output.dim() == 3 ? output.flatten(0, 1) : output;
   lg::ExpandArgs args{};
   args.rt = rt;
-  args.partial = partial.defined() ? partial.data_ptr<float>() : nullptr;
+  const bool from_partials = partial.defined() && ksplit > 1;
+  const at::Tensor& inter = partial.defined() ? partial : intermediate;
+  args.partial = from_partials ? partial.data_ptr<float>() : nullptr;
   args.ksplit = ksplit;
   args.G = lg::reduce_groups(ksplit, rt.BS, lg::padded_rank(static_cast<int>(d.r)));
-  args.inter = intermediate.defined() ? intermediate.data_ptr() : nullptr;
   args.r = static_cast<int>(d.r);
   args.RP = lg::padded_rank(args.r);
+  if (!from_partials) {
+    args.inter = inter.data_ptr();
+    args.inter_ld = partial.defined() ? args.RP : d.r;
+    if (partial.defined()) args.r = args.RP;  // the workspace holds zeros past the rank
+    args.inter_vec = aligned16(inter) && args.inter_ld % 8 == 0 && args.r % 8 == 0;
+  }
   for (size_t s = 0; s < b.size(); ++s) {
     args.b[s] = b[s].data_ptr();
     args.b_sl[s] = b[s].stride(0);
@@ -214,6 +225,11 @@ void fused_moe_lora_shrink_cuda(const at::Tensor& intermediate, const at::Tensor
   const lg::Routing rt =
       make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, enabled);
   const auto [partial, ksplit] = run_shrink(d, rt, x, lora_a, sms, stream);
+  if (ksplit == 1) {  // already rounded: keep the first r of the RP columns
+    const int64_t rp = lg::padded_rank(static_cast<int>(d.r));
+    intermediate.copy_(partial.view({d.S, d.numel, rp}).narrow(2, 0, d.r));
+    return;
+  }
   const int S = static_cast<int>(d.S), r = static_cast<int>(d.r), RP = lg::padded_rank(r);
   const int G = lg::reduce_groups(ksplit, rt.BS, RP);
   const int grid = static_cast<int>(std::min<int64_t>(

@@ -59,7 +59,7 @@ def fused_moe_lora_shrink(
 ) -> None:
     """Rank vectors: `intermediate` [S, T*k, r] (x's dtype, contiguous) row i = tmp of route i.
 
-    Rows of routes without a valid LoRA are left as they are. All-reduce it here for
+    Rows of routes without a valid LoRA are unspecified. All-reduce it here for
     tensor-parallel LoRA, then call `fused_moe_lora_expand`.
     """
     _ops.fused_moe_lora_shrink(

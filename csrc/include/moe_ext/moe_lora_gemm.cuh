@@ -19,8 +19,11 @@ namespace lora_gemm {
 // Rank padded to the shrink tile: 16, 32, 64 or 128.
 inline int padded_rank(int r) { return r <= 16 ? 16 : r <= 32 ? 32 : r <= 64 ? 64 : 128; }
 inline int shrink_bk(int rp) { return rp <= 32 ? 128 : 64; }
-// Slices one shrink CTA handles: two slices (gate/up) share one x tile up to rank 64.
-inline int shrink_slices_per_cta(int S, int r) { return S == 2 && padded_rank(r) <= 64 ? 2 : 1; }
+// Slices one shrink CTA handles: at prefill sizes two slices (gate/up) share one x tile (up to
+// rank 64: accumulator registers); at decode sizes separate CTAs give more streams of weights.
+inline int shrink_slices_per_cta(int S, int r, int64_t numel) {
+  return S == 2 && padded_rank(r) <= 64 && numel >= 1024 ? 2 : 1;
+}
 
 // Upper bound on the real blocks of a valid alignment: every non-empty (slot, expert) segment
 // wastes at most one partial block. Only sizes grids; the kernels loop over whatever is real.
@@ -32,14 +35,18 @@ struct ShrinkPlan {
   int ksplit, kchunk, grid;
 };
 
-// Split K until about 4 CTAs per SM stream weights, keeping at least two stages per chunk.
+// Split K until about 4 CTAs per SM stream weights, keeping at least two stages per chunk, and
+// only while the fp32 partials stay small (<= 2 MB): the expand re-reads them once per column
+// tile, so at prefill sizes one chunk (rank vectors rounded in the shrink) is cheaper.
 inline ShrinkPlan plan_shrink(int64_t numel, int L, int NB, int BS, int E, int S, int K, int r,
                               int num_sms) {
   const int bk = shrink_bk(padded_rank(r));
   const int64_t items =
-      max_real_blocks(numel, L, NB, BS, E) * (S / shrink_slices_per_cta(S, r));
+      max_real_blocks(numel, L, NB, BS, E) * (S / shrink_slices_per_cta(S, r, numel));
   const int64_t want = (4LL * num_sms + items - 1) / items;
-  const int max_split = std::max(1, K / (2 * bk));
+  const int64_t partial_row = int64_t{4} * S * numel * padded_rank(r);
+  const int max_split = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(K / (2 * bk), (int64_t{2} << 20) / partial_row)));
   int ksplit = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, max_split)));
   const int kchunk = ((K + ksplit - 1) / ksplit + bk - 1) / bk * bk;
   ksplit = (K + kchunk - 1) / kchunk;
@@ -89,7 +96,8 @@ cudaError_t launch_shrink_ns(const ShrinkArgs& a, int grid, cudaStream_t stream)
 
 template <typename T, int RP, int WM>
 cudaError_t launch_shrink_rp_wm(const ShrinkArgs& a, int grid, cudaStream_t stream) {
-  if (shrink_slices_per_cta(a.S, a.r) == 2) return launch_shrink_ns<T, RP, WM, 2>(a, grid, stream);
+  if (shrink_slices_per_cta(a.S, a.r, a.rt.numel) == 2)
+    return launch_shrink_ns<T, RP, WM, 2>(a, grid, stream);
   return launch_shrink_ns<T, RP, WM, 1>(a, grid, stream);
 }
 

@@ -15,7 +15,9 @@ struct ExpandArgs {
   Routing rt;
   const float* partial;  // [ksplit, S, numel, RP] fp32, or nullptr when `inter` is used
   int ksplit, G;         // G: chunk groups summed in parallel (see reduce_partials)
-  const void* inter;     // [S, numel, r] in T (standalone expand), or nullptr
+  const void* inter;     // [S, numel, inter_ld] in T (rank vectors already rounded), or nullptr
+  int64_t inter_ld;
+  bool inter_vec;        // inter rows 16-byte aligned and r a multiple of 8: cp.async rows
   int RP, r, rb;         // padded k extent (multiple of 16), rank, columns of lora_b to read
   const void* b[kMaxSlices];  // lora_b[s]: [L, E, N, rb'] with unit stride on the rank
   int64_t b_sl[kMaxSlices], b_se[kMaxSlices], b_sn[kMaxSlices];
@@ -115,11 +117,11 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
       }
 
       // A tile [BM x RP]: the rank vectors, rounded to T exactly once.
+      if (!waited) {
+        pdl_wait_primary();  // partials / rank vectors come from the shrink
+        waited = true;
+      }
       if (p.partial != nullptr) {
-        if (!waited) {
-          pdl_wait_primary();
-          waited = true;
-        }
         reduce_partials<BM>(p.partial, p.ksplit, p.S, s, rt.numel, p.RP, p.G, ids, red,
                             [&](int row, int col, float4 v) {
                               T* dst = as + row * LDA + col;
@@ -128,11 +130,20 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
                               dst[2] = from_f32<T>(v.z);
                               dst[3] = from_f32<T>(v.w);
                             });
+      } else if (p.inter_vec) {
+        const T* inter = static_cast<const T*>(p.inter);
+        for (int c = tid; c < BM * (p.RP / 8); c += kThreads) {
+          const int row = c / (p.RP / 8), col = (c % (p.RP / 8)) * 8, id = ids[row];
+          const bool ok = id >= 0 && col < p.r;
+          const T* src = inter + (static_cast<int64_t>(s) * rt.numel + id) * p.inter_ld + col;
+          cp_async16(as + row * LDA + col, ok ? src : inter, ok);
+        }
+        cp_async_commit();
       } else {
         for (int c = tid; c < BM * p.RP; c += kThreads) {
           const int row = c / p.RP, col = c % p.RP, id = ids[row];
           const T* src = static_cast<const T*>(p.inter) +
-                         (static_cast<int64_t>(s) * rt.numel + id) * p.r;
+                         (static_cast<int64_t>(s) * rt.numel + id) * p.inter_ld;
           as[row * LDA + col] = (id >= 0 && col < p.r) ? src[col] : from_f32<T>(0.f);
         }
       }

@@ -18,7 +18,8 @@ struct ShrinkArgs {
   const void* a[kMaxSlices];  // lora_a[s]: [L, E, r, K], unit stride on K
   int64_t a_sl[kMaxSlices], a_se[kMaxSlices], a_sr[kMaxSlices];
   int S, r, ksplit, kchunk;  // kchunk: multiple of the stage depth BK
-  float* partial;            // [ksplit, S, numel, RP] fp32 (RP = rank padded to the tile)
+  float* partial;            // [ksplit, S, numel, RP] fp32 (RP = rank padded to the tile), or
+  void* tmp;                 // with ksplit == 1: [S, numel, RP] in T, already rounded
   int RP;
 };
 
@@ -36,6 +37,20 @@ struct ShrinkTile {
   static constexpr int kHeadAligned = (kHead + 127) / 128 * 128;
   static constexpr int kSmem = kHeadAligned + (kPipeBytes > kRedBytes ? kPipeBytes : kRedBytes);
 };
+
+// Two adjacent ranks of route id: fp32 partials, or (single K chunk) the rounded T values.
+template <typename T>
+__device__ __forceinline__ void store_pair(const ShrinkArgs& p, float* partial_slice, int s,
+                                           int id, int col, float v0, float v1) {
+  if (p.partial != nullptr) {
+    *reinterpret_cast<float2*>(partial_slice + static_cast<int64_t>(id) * p.RP + col) =
+        make_float2(v0, v1);
+  } else {
+    T pair[2] = {from_f32<T>(v0), from_f32<T>(v1)};
+    T* dst = static_cast<T*>(p.tmp) + (static_cast<int64_t>(s) * p.rt.numel + id) * p.RP + col;
+    *reinterpret_cast<uint32_t*>(dst) = *reinterpret_cast<const uint32_t*>(pair);
+  }
+}
 
 template <typename T, int RP, int WM, int BK, int STAGES, int NS>
 __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkArgs p) {
@@ -164,12 +179,8 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
 #pragma unroll
           for (int n = 0; n < NF; ++n) {
             const int col = n * 8 + 2 * t4;
-            if (id0 >= 0)
-              *reinterpret_cast<float2*>(dst + static_cast<int64_t>(id0) * RP + col) =
-                  make_float2(acc[j][n][0], acc[j][n][1]);
-            if (id1 >= 0)
-              *reinterpret_cast<float2*>(dst + static_cast<int64_t>(id1) * RP + col) =
-                  make_float2(acc[j][n][2], acc[j][n][3]);
+            if (id0 >= 0) store_pair<T>(p, dst, s0 + j, id0, col, acc[j][n][0], acc[j][n][1]);
+            if (id1 >= 0) store_pair<T>(p, dst, s0 + j, id1, col, acc[j][n][2], acc[j][n][3]);
           }
         } else {
           float* mine_red = red + (j * WK + wk) * BM * RP;
@@ -198,7 +209,8 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
             sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w;
           }
           float* dst = p.partial + (static_cast<int64_t>(ks) * p.S + s0 + j) * rt.numel * RP;
-          *reinterpret_cast<float4*>(dst + static_cast<int64_t>(id) * RP + col) = sum;
+          store_pair<T>(p, dst, s0 + j, id, col, sum.x, sum.y);
+          store_pair<T>(p, dst, s0 + j, id, col + 2, sum.z, sum.w);
         }
       }
     }
