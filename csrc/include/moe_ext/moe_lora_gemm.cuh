@@ -36,7 +36,7 @@ struct ShrinkPlan {
 };
 
 // Split K until about 4 CTAs per SM stream weights, keeping at least two stages per chunk, and
-// only while the fp32 partials stay small (<= 2 MB): the expand re-reads them once per column
+// only while the fp32 partials stay small (<= 256 KB): the expand re-reads them once per column
 // tile, so at prefill sizes one chunk (rank vectors rounded in the shrink) is cheaper.
 inline ShrinkPlan plan_shrink(int64_t numel, int L, int NB, int BS, int E, int S, int K, int r,
                               int num_sms) {
@@ -46,7 +46,7 @@ inline ShrinkPlan plan_shrink(int64_t numel, int L, int NB, int BS, int E, int S
   const int64_t want = (4LL * num_sms + items - 1) / items;
   const int64_t partial_row = int64_t{4} * S * numel * padded_rank(r);
   const int max_split = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(K / (2 * bk), (int64_t{2} << 20) / partial_row)));
+      std::max<int64_t>(1, std::min<int64_t>(K / (2 * bk), (int64_t{256} << 10) / partial_row)));
   int ksplit = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, max_split)));
   const int kchunk = ((K + ksplit - 1) / ksplit + bk - 1) / bk * bk;
   ksplit = (K + kchunk - 1) / kchunk;
