@@ -2,8 +2,8 @@
 // 128 output columns, tmp = round_to_T(sum over K chunks of the fp32 partials) (or the T
 // intermediate of the standalone shrink op), d = tmp @ lora_b[s][l, e].T in fp32, times the
 // routing weight, added to (or written into) output. The output tile is prefetched into
-// registers while the weights arrive; accumulators are transposed within each quad by shuffles
-// so that each output element is read and written once, with 16-byte accesses.
+// registers (accumulator layout) while the weights arrive, and written straight from the
+// accumulators: each output element is read and written once.
 #pragma once
 
 #include "moe_ext/moe_lora_gemm_common.cuh"
@@ -26,7 +26,7 @@ struct ExpandArgs {
   void* out;             // element (route i, column c) at i * out_row + c
   int64_t out_row;
   int col0;              // offset
-  bool add, vec;         // vec: 16-byte aligned rows of 8 columns (offset, row stride, base)
+  bool add, vec;         // vec: 4-byte aligned column pairs (offset, row stride and base even)
 };
 
 constexpr int kExpandBN = 128;
@@ -69,9 +69,8 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
     const int nt = rest % p.ntiles, s = rest / p.ntiles;
     const int l = find_slot(prefix, rt.L, wb);
     const int b = wb - prefix[l];
-    // Checked after the route ids arrive: the two loads overlap instead of queueing.
     const int e = rt.block_experts[static_cast<int64_t>(l) * rt.NB + b];
-    const bool expert_ok = e >= 0 && e < rt.E;
+    if (e < 0 || e >= rt.E) continue;
     const int n0 = nt * BN;
     const T* bw = static_cast<const T*>(p.b[s]) + l * p.b_sl[s] + e * p.b_se[s];
     const int32_t* block_ids = rt.sorted_ids + static_cast<int64_t>(l) * rt.P +
@@ -90,7 +89,6 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
         wts[tid] = (mine >= 0 && p.weights != nullptr) ? p.weights[mine] : 1.f;
       }
       if (!__syncthreads_or(mine >= 0)) continue;
-      if (!expert_ok) break;
 
       // B tile [BN x RP] (rows past N and ranks past rb zero-filled), in flight meanwhile.
       for (int c = tid; c < BN * (p.RP / 8); c += kThreads) {
@@ -100,21 +98,21 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
       }
       cp_async_commit();
 
-      // Output prefetch, 16 bytes per thread and row: its latency overlaps the weights and mma.
-      // Thread (g, t4) of a warp owns columns warp*32 + t4*8 .. +8 of rows g and g + 8.
-      const int c8 = warp * 32 + t4 * 8;
-      const bool col_ok = n0 + c8 < p.N;
-      uint4 prev[MI][2];
+      // Output prefetch in the accumulator layout: its latency overlaps the weights and mma.
+      const int cw = warp * 32 + 2 * t4;  // this thread's first column inside the tile
+      uint32_t prev[MI][4][2];
       if (p.add && p.vec) {
 #pragma unroll
         for (int i = 0; i < MI; ++i)
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int id = ids[i * 16 + g + 8 * h];
-            prev[i][h] = make_uint4(0u, 0u, 0u, 0u);
-            if (id >= 0 && col_ok)
-              prev[i][h] = *reinterpret_cast<const uint4*>(
-                  out + static_cast<int64_t>(id) * p.out_row + col_base + c8);
+            const T* row = out + static_cast<int64_t>(id) * p.out_row + col_base + cw;
+#pragma unroll
+            for (int n = 0; n < 4; ++n)
+              prev[i][n][h] = (id >= 0 && n0 + cw + n * 8 < p.N)
+                                  ? *reinterpret_cast<const uint32_t*>(row + n * 8)
+                                  : 0u;
           }
       }
 
@@ -179,58 +177,33 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
         }
       }
 
-      // Epilogue: a 4x4 shuffle transpose inside each quad turns the accumulator layout
-      // (column pairs 2*t4 of four 8-column groups) into 8 consecutive columns per thread, so
-      // the output is read and written with one 16-byte access per thread and row.
+      // Epilogue straight from the accumulators: out = round(out + w * d) (or round(w * d)).
 #pragma unroll
       for (int i = 0; i < MI; ++i)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int row = i * 16 + g + 8 * h, id = ids[row];
-          float2 mine8[4];
-#pragma unroll
-          for (int n = 0; n < 4; ++n)
-            mine8[n] = make_float2(acc[i][n][2 * h], acc[i][n][2 * h + 1]);
-          float2 cols[4];
-#pragma unroll
-          for (int k = 0; k < 4; ++k) {
-            // Round k: send pair (t4 + k) & 3, receive from lane t4 - k its pair number t4.
-            const int send = (t4 + k) & 3;
-            float2 v = mine8[0];
-            v = send == 1 ? mine8[1] : v;
-            v = send == 2 ? mine8[2] : v;
-            v = send == 3 ? mine8[3] : v;
-            const int src = (lane & ~3) | ((t4 - k) & 3);
-            float2 got;
-            got.x = __shfl_sync(0xffffffffu, v.x, src);
-            got.y = __shfl_sync(0xffffffffu, v.y, src);
-            const int slot = (t4 - k) & 3;  // the source lane's 8-column group
-#pragma unroll
-            for (int q = 0; q < 4; ++q) cols[q] = slot == q ? got : cols[q];
-          }
-          if (id < 0 || !col_ok) continue;
+          if (id < 0) continue;
           const float wt = wts[row];
-          float o[8];
+          T* dst = out + static_cast<int64_t>(id) * p.out_row + col_base + cw;
 #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            o[2 * q] = cols[q].x * wt;
-            o[2 * q + 1] = cols[q].y * wt;
-          }
-          T* dst = out + static_cast<int64_t>(id) * p.out_row + col_base + c8;
-          if (p.vec) {
-            if (p.add) {
-              const T* old = reinterpret_cast<const T*>(&prev[i][h]);
-#pragma unroll
-              for (int q = 0; q < 8; ++q) o[q] += to_f32(old[q]);
+          for (int n = 0; n < 4; ++n) {
+            if (n0 + cw + n * 8 >= p.N) continue;
+            const float d0 = acc[i][n][2 * h] * wt, d1 = acc[i][n][2 * h + 1] * wt;
+            T* q = dst + n * 8;
+            if (p.vec) {
+              float o0 = d0, o1 = d1;
+              if (p.add) {
+                const T* old = reinterpret_cast<const T*>(&prev[i][n][h]);
+                o0 += to_f32(old[0]);
+                o1 += to_f32(old[1]);
+              }
+              T pair[2] = {from_f32<T>(o0), from_f32<T>(o1)};
+              *reinterpret_cast<uint32_t*>(q) = *reinterpret_cast<const uint32_t*>(pair);
+            } else {
+              q[0] = from_f32<T>(p.add ? to_f32(q[0]) + d0 : d0);
+              q[1] = from_f32<T>(p.add ? to_f32(q[1]) + d1 : d1);
             }
-            uint4 packed;
-            T* ph = reinterpret_cast<T*>(&packed);
-#pragma unroll
-            for (int q = 0; q < 8; ++q) ph[q] = from_f32<T>(o[q]);
-            *reinterpret_cast<uint4*>(dst) = packed;
-          } else {
-#pragma unroll
-            for (int q = 0; q < 8; ++q) dst[q] = from_f32<T>(p.add ? to_f32(dst[q]) + o[q] : o[q]);
           }
         }
     }

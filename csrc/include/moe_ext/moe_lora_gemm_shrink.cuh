@@ -81,9 +81,8 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
     const int ks = rest % p.ksplit, s0 = (rest / p.ksplit) * NS;
     const int l = find_slot(prefix, rt.L, wb);
     const int b = wb - prefix[l];
-    // Checked after the route ids arrive: the two loads overlap instead of queueing.
     const int e = rt.block_experts[static_cast<int64_t>(l) * rt.NB + b];
-    const bool expert_ok = e >= 0 && e < rt.E;
+    if (e < 0 || e >= rt.E) continue;
     const int k_begin = ks * p.kchunk;
     const int k_end = min(p.K, k_begin + p.kchunk);
     if (k_begin >= k_end) continue;
@@ -104,7 +103,6 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
       }
       if (tid < BM) ids[tid] = mine;
       if (!__syncthreads_or(mine >= 0)) continue;
-      if (!expert_ok) break;
 
       auto load_stage = [&](int stage, int kt) {
         const int k0 = k_begin + kt * BK;
