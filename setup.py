@@ -22,6 +22,16 @@ def cuda_library_includes() -> list[str]:
     return sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))
 
 
+class BuildExt(BuildExtension.with_options(no_python_abi_suffix=False)):
+    """Compiles into one fixed folder, build/temp, whatever the front end (an editable install
+    otherwise uses a throw-away folder): ninja then reuses the objects of the previous build, so a
+    `pip wheel .` after `pip install -e .` links without compiling the CUDA kernels again."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(ROOT, "build", "temp")
+
+
 def want_cuda() -> bool:
     mode = os.environ.get("MOE_EXT_BUILD_CUDA", "auto").lower()
     available = bool(torch.version.cuda) and CUDA_HOME is not None
@@ -79,6 +89,6 @@ def extensions():
 setup(
     packages=find_packages(include=["moe_ext", "moe_ext.*"]),
     ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=False)},
+    cmdclass={"build_ext": BuildExt},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

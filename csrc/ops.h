@@ -63,6 +63,44 @@ void moe_lora_align_block_size_out_cuda(const at::Tensor& topk_ids,
                                         const at::Tensor& num_tokens_post_pad);
 #endif
 
+// ---- nvfp4 -----------------------------------------------------------------------------------
+// x [..., K] bf16|fp16|fp32 (K % 16 == 0) viewed as [M, K]; global_scale [1] float32.
+// packed [..., K/2] uint8; scales [..., K/16] float8_e4m3fn, or swizzled
+// [round_up(M, 128), round_up(K/16, 4)] (128x4 tiles, padding 0).
+struct Nvfp4Shape {
+  int64_t rows;  // M
+  int64_t k;     // K (unpacked elements per row)
+};
+Nvfp4Shape check_nvfp4_quantize_args(const at::Tensor& x, const at::Tensor& global_scale);
+Nvfp4Shape check_nvfp4_dequantize_args(const at::Tensor& packed, const at::Tensor& scales,
+                                       const at::Tensor& global_scale, at::ScalarType dtype,
+                                       bool swizzled);
+void check_nvfp4_unswizzle_args(const at::Tensor& swizzled, int64_t rows, int64_t cols);
+// Scales output of quantize on x's device: linear (empty) or swizzled (zero-filled padding).
+at::Tensor nvfp4_new_scales(const at::Tensor& x, const Nvfp4Shape& shape, bool swizzle);
+int64_t nvfp4_col_tiles(int64_t cols);  // ceil(cols / 4)
+
+std::tuple<at::Tensor, at::Tensor> nvfp4_quantize_cpu(const at::Tensor& x,
+                                                      const at::Tensor& global_scale,
+                                                      bool swizzle);
+// -> out [..., K] of dtype.
+at::Tensor nvfp4_dequantize_cpu(const at::Tensor& packed, const at::Tensor& scales,
+                                const at::Tensor& global_scale, at::ScalarType dtype,
+                                bool swizzled);
+// scales [M, C] -> [round_up(M, 128), round_up(C, 4)]; and back to [rows, cols].
+at::Tensor nvfp4_swizzle_scales_cpu(const at::Tensor& scales);
+at::Tensor nvfp4_unswizzle_scales_cpu(const at::Tensor& swizzled, int64_t rows, int64_t cols);
+#ifdef MOE_EXT_WITH_CUDA
+std::tuple<at::Tensor, at::Tensor> nvfp4_quantize_cuda(const at::Tensor& x,
+                                                       const at::Tensor& global_scale,
+                                                       bool swizzle);
+at::Tensor nvfp4_dequantize_cuda(const at::Tensor& packed, const at::Tensor& scales,
+                                 const at::Tensor& global_scale, at::ScalarType dtype,
+                                 bool swizzled);
+at::Tensor nvfp4_swizzle_scales_cuda(const at::Tensor& scales);
+at::Tensor nvfp4_unswizzle_scales_cuda(const at::Tensor& swizzled, int64_t rows, int64_t cols);
+#endif
+
 // ---- moe_lora_gemm -------------------------------------------------------------------------
 // Alignment inputs (untrusted values, checked shapes): sorted_token_ids [L, P], expert_ids
 // [L, P/BS], num_tokens_post_pad [L], all int32; adapter_enabled [L] or [L+1] int32|bool or none.

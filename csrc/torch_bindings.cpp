@@ -1,17 +1,22 @@
 // Schemas of every moe_ext op. Implementations register themselves per dispatch key in
 // cpu/<family>.cpp and cuda/<family>.cu; fakes are in moe_ext/ops/<family>.py.
+// The CMake build of the library for C++ programs defines MOE_EXT_NO_PYTHON: no Python there.
+#ifndef MOE_EXT_NO_PYTHON
 #include <Python.h>
+#endif
 
 #include <torch/library.h>
 
 // The module is imported as `moe_ext._C` only so that its library gets loaded; it exposes
 // nothing to Python itself (limited API, one build for every Python >= 3.9).
+#ifndef MOE_EXT_NO_PYTHON
 extern "C" {
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
 }
+#endif
 
 TORCH_LIBRARY(moe_ext, m) {
   // Each family's fakes live in moe_ext/ops/<family>.py; set_python_module applies to the defs

@@ -18,6 +18,13 @@ from .ops.moe_align import (
     moe_lora_align_block_size_out,
 )
 from .ops.moe_lora_gemm import fused_moe_lora, fused_moe_lora_expand, fused_moe_lora_shrink
+from .ops.nvfp4 import (
+    nvfp4_dequantize,
+    nvfp4_global_scale,
+    nvfp4_quantize,
+    nvfp4_swizzle_scales,
+    nvfp4_unswizzle_scales,
+)
 
 __version__ = "0.1.0"
 
@@ -46,4 +53,9 @@ __all__ = [
     "fused_moe_lora_shrink",
     "fused_moe_lora_expand",
     "layer",
+    "nvfp4_quantize",
+    "nvfp4_dequantize",
+    "nvfp4_swizzle_scales",
+    "nvfp4_unswizzle_scales",
+    "nvfp4_global_scale",
 ]

@@ -20,3 +20,8 @@ def align_shapes(numel: int, num_experts: int, block_size: int) -> tuple[int, in
     """(P, P // block_size): lengths of sorted_token_ids and expert_ids for one slot."""
     p = padded_length(numel, num_experts, block_size)
     return p, p // block_size
+
+
+def nvfp4_swizzled_shape(rows: int, cols: int) -> tuple[int, int]:
+    """Shape of the 128x4-tiled NVFP4 scale layout of a [rows, cols] scale matrix."""
+    return round_up(rows, 128), round_up(cols, 4)

@@ -4,7 +4,7 @@ from typing import Optional
 
 import torch
 
-from ._shapes import align_shapes
+from ._shapes import align_shapes, round_up
 
 
 def _valid_experts(topk_ids: torch.Tensor, num_experts: int, expert_map: Optional[torch.Tensor]):
@@ -167,3 +167,119 @@ def fused_moe_lora(output, x, lora_a, lora_b, topk_weights, sorted_token_ids, ex
     return fused_moe_lora_expand(output, tmp, lora_b, topk_weights, sorted_token_ids, expert_ids,
                                  num_tokens_post_pad, top_k, mul_routed_weight, add_inputs,
                                  offset, adapter_enabled)
+
+
+# ---- nvfp4 ----------------------------------------------------------------------------------
+
+_E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def nvfp4_swizzled_offsets(rows: int, cols: int) -> torch.Tensor:
+    """[rows, cols] int64: byte offset of scale (m, c) in the 128x4 swizzled layout."""
+    m = torch.arange(rows).unsqueeze(1)
+    c = torch.arange(cols).unsqueeze(0)
+    col_tiles = (cols + 3) // 4
+    return (
+        (m // 128) * (col_tiles * 512) + (c // 4) * 512 + (m % 32) * 16 + ((m % 128) // 32) * 4
+        + c % 4
+    )
+
+
+def nvfp4_swizzle_scales(scales: torch.Tensor) -> torch.Tensor:
+    """Reference of torch.ops.moe_ext.nvfp4_swizzle_scales (CPU)."""
+    rows, cols = scales.shape
+    out = torch.zeros(round_up(rows, 128) * round_up(cols, 4), dtype=torch.uint8)
+    out[nvfp4_swizzled_offsets(rows, cols).flatten()] = scales.cpu().view(torch.uint8).flatten()
+    return out.view(torch.float8_e4m3fn).reshape(round_up(rows, 128), round_up(cols, 4))
+
+
+def nvfp4_unswizzle_scales(swizzled: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Reference of torch.ops.moe_ext.nvfp4_unswizzle_scales (CPU)."""
+    flat = swizzled.cpu().reshape(-1).view(torch.uint8)
+    return flat[nvfp4_swizzled_offsets(rows, cols)].view(torch.float8_e4m3fn)
+
+
+def nvfp4_quantize(x: torch.Tensor, global_scale: torch.Tensor, swizzle: bool = False):
+    """Reference of torch.ops.moe_ext.nvfp4_quantize (CPU, float32 math in the same order)."""
+    k = x.shape[-1]
+    gs = global_scale.cpu().float().reshape(())
+    blocks = x.cpu().float().reshape(-1, k // 16, 16)
+    amax = blocks.abs().amax(-1)
+    sf = (gs * amax / 6.0).clamp(max=448.0).to(torch.float8_e4m3fn)
+    sf_value = sf.float()
+    mult = torch.where(sf_value > 0, gs / sf_value, torch.zeros_like(sf_value))
+    v = blocks * mult.unsqueeze(-1)
+    a = v.abs()
+    codes = (
+        (a > 0.25).int() + (a >= 0.75).int() + (a > 1.25).int() + (a >= 1.75).int()
+        + (a > 2.5).int() + (a >= 3.5).int() + (a > 5.0).int()
+    )
+    codes = (codes | torch.signbit(v).int() * 8).reshape(-1, k // 2, 2)
+    packed = (codes[..., 0] | (codes[..., 1] << 4)).to(torch.uint8)
+    packed = packed.reshape(*x.shape[:-1], k // 2)
+    if swizzle:
+        return packed, nvfp4_swizzle_scales(sf.reshape(-1, k // 16))
+    return packed, sf.reshape(*x.shape[:-1], k // 16)
+
+
+def nvfp4_dequantize(packed, scales, global_scale, dtype=torch.bfloat16, swizzled=False):
+    """Reference of torch.ops.moe_ext.nvfp4_dequantize (CPU)."""
+    k = packed.shape[-1] * 2
+    rows = packed.numel() // max(packed.shape[-1], 1)
+    gs = global_scale.cpu().float().reshape(())
+    if swizzled:
+        scales = nvfp4_unswizzle_scales(scales, rows, k // 16)
+    factor = scales.cpu().float().reshape(rows, k // 16) / gs
+    p = packed.cpu().reshape(rows, k // 2).int()
+    codes = torch.stack((p & 0xF, p >> 4), -1).reshape(rows, k // 16, 16)
+    table = torch.tensor(_E2M1_VALUES + tuple(-v for v in _E2M1_VALUES))
+    out = table[codes.long()] * factor.unsqueeze(-1)
+    return out.to(dtype).reshape(*packed.shape[:-1], k)
+
+
+# ---- a2a ------------------------------------------------------------------------------------
+
+
+def a2a_owner(expert: int, num_experts: int, ep: int) -> int:
+    """Rank owning a global expert: the first E % ep ranks own E // ep + 1 experts each."""
+    base, extra = divmod(num_experts, ep)
+    split = extra * (base + 1)
+    return expert // (base + 1) if expert < split else extra + (expert - split) // base
+
+
+def a2a_destinations(topk_ids: torch.Tensor, num_experts: int, ep: int) -> list[list[int]]:
+    """For each token, the ascending ranks owning at least one of its valid experts."""
+    out = []
+    for row in topk_ids.cpu().tolist():
+        ranks = {a2a_owner(e, num_experts, ep) for e in row if 0 <= e < num_experts}
+        out.append(sorted(ranks))
+    return out
+
+
+def a2a_dispatch(per_rank: list, num_experts: int, ep: int, t_max: int) -> list:
+    """Receive side of every rank. per_rank[s]: dict with topk_ids [T, k] int32,
+    topk_weights [T, k], x_fp4 [T, H/2], x_scales [T, H/16] of source rank s. Returns, per
+    destination rank, a dict of [ep, T_max, *] tensors (row [s, j] = j-th token, in ascending
+    token order, that s sent there; ids -1 and zero payload elsewhere) and counts [ep]."""
+    k = per_rank[0]["topk_ids"].shape[1]
+    h2 = per_rank[0]["x_fp4"].shape[1]
+    result = []
+    for d in range(ep):
+        recv = {
+            "topk_ids": torch.full((ep, t_max, k), -1, dtype=torch.int32),
+            "topk_weights": torch.zeros(ep, t_max, k),
+            "x_fp4": torch.zeros(ep, t_max, h2, dtype=torch.uint8),
+            "x_scales": torch.zeros(ep, t_max, h2 // 8, dtype=torch.uint8),
+            "counts": torch.zeros(ep, dtype=torch.int64),
+        }
+        for s, src in enumerate(per_rank):
+            dests = a2a_destinations(src["topk_ids"], num_experts, ep)
+            tokens = [t for t, ranks in enumerate(dests) if d in ranks]
+            for j, t in enumerate(tokens):
+                recv["topk_ids"][s, j] = src["topk_ids"][t].cpu()
+                recv["topk_weights"][s, j] = src["topk_weights"][t].cpu()
+                recv["x_fp4"][s, j] = src["x_fp4"][t].cpu()
+                recv["x_scales"][s, j] = src["x_scales"][t].cpu().view(torch.uint8)
+            recv["counts"][s] = len(tokens)
+        result.append(recv)
+    return result

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv, installs torch 2.11.0 and the build tools, and builds moe_ext in place.
 # The CUDA kernels are built whenever nvcc is found (CUDA_HOME, default /usr/local/cuda), also
-# on a machine without a GPU (for sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise).
+# on a machine without a GPU (for sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise). Objects go
+# to build/temp: a rerun, or a later `pip wheel .`, recompiles only what changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"

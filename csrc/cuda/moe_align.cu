@@ -36,6 +36,13 @@ void run_align_cuda(const at::Tensor& topk_ids, const at::Tensor* mapping, int64
   p.sorted_token_ids = sorted_token_ids.data_ptr<int32_t>();
   p.expert_ids = expert_ids.data_ptr<int32_t>();
   p.num_tokens_post_pad = num_tokens_post_pad.data_ptr<int32_t>();
+  // Workspace of the multi-chunk path, from the caching allocator (graph-capture safe).
+  const int64_t workspace_ints = align_workspace_ints(p.numel, p.num_experts, p.num_slots);
+  at::Tensor workspace;
+  if (workspace_ints > 0) {
+    workspace = at::empty({workspace_ints}, topk_ids.options().dtype(at::kInt));
+    p.workspace = workspace.data_ptr<int32_t>();
+  }
   MOE_EXT_CHECK_CUDA_LAUNCH(launch_moe_align(p, at::cuda::getCurrentCUDAStream()));
 }
 
