@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include <torch/all.h>
 
@@ -98,6 +99,82 @@ at::Tensor nvfp4_dequantize_cuda(const at::Tensor& packed, const at::Tensor& sca
                                  bool swizzled);
 at::Tensor nvfp4_swizzle_scales_cuda(const at::Tensor& scales);
 at::Tensor nvfp4_unswizzle_scales_cuda(const at::Tensor& swizzled, int64_t rows, int64_t cols);
+#endif
+
+// ---- moe_lora_gemm -------------------------------------------------------------------------
+// Alignment inputs (untrusted values, checked shapes): sorted_token_ids [L, P], expert_ids
+// [L, P/BS], num_tokens_post_pad [L], all int32; adapter_enabled [L] or [L+1] int32|bool or none.
+// Weights: lora_a[s] [L, E, r, K], lora_b[s] [L, E, N, r], any strides (stride 0 on E allowed).
+// x [T, K] (row = i / top_k) or [T*k, K] (row = i); output [T, k, W] or [T*k, W], W >= offset+S*N;
+// topk_weights [T, k] or [T*k] float; intermediate [S, T*k, r] in x's dtype.
+struct MoeLoraGemmDims {
+  int64_t T, numel, top_k, L, E, P, NB, BS, S, r, K, N, offset;
+  bool x_per_route;
+};
+MoeLoraGemmDims check_fused_moe_lora(const at::Tensor& output, const at::Tensor& x,
+                                     const std::vector<at::Tensor>& lora_a,
+                                     const std::vector<at::Tensor>& lora_b,
+                                     const at::Tensor& topk_weights,
+                                     const at::Tensor& sorted_token_ids,
+                                     const at::Tensor& expert_ids,
+                                     const at::Tensor& num_tokens_post_pad, int64_t top_k,
+                                     int64_t offset,
+                                     const std::optional<at::Tensor>& adapter_enabled);
+MoeLoraGemmDims check_fused_moe_lora_shrink(const at::Tensor& intermediate, const at::Tensor& x,
+                                            const std::vector<at::Tensor>& lora_a,
+                                            const at::Tensor& sorted_token_ids,
+                                            const at::Tensor& expert_ids,
+                                            const at::Tensor& num_tokens_post_pad, int64_t top_k,
+                                            const std::optional<at::Tensor>& adapter_enabled);
+MoeLoraGemmDims check_fused_moe_lora_expand(const at::Tensor& output,
+                                            const at::Tensor& intermediate,
+                                            const std::vector<at::Tensor>& lora_b,
+                                            const at::Tensor& topk_weights,
+                                            const at::Tensor& sorted_token_ids,
+                                            const at::Tensor& expert_ids,
+                                            const at::Tensor& num_tokens_post_pad, int64_t top_k,
+                                            int64_t offset,
+                                            const std::optional<at::Tensor>& adapter_enabled);
+
+void fused_moe_lora_cpu(const at::Tensor& output, const at::Tensor& x,
+                        const std::vector<at::Tensor>& lora_a,
+                        const std::vector<at::Tensor>& lora_b, const at::Tensor& topk_weights,
+                        const at::Tensor& sorted_token_ids, const at::Tensor& expert_ids,
+                        const at::Tensor& num_tokens_post_pad, int64_t top_k,
+                        bool mul_routed_weight, bool add_inputs, int64_t offset,
+                        const std::optional<at::Tensor>& adapter_enabled);
+void fused_moe_lora_shrink_cpu(const at::Tensor& intermediate, const at::Tensor& x,
+                               const std::vector<at::Tensor>& lora_a,
+                               const at::Tensor& sorted_token_ids, const at::Tensor& expert_ids,
+                               const at::Tensor& num_tokens_post_pad, int64_t top_k,
+                               const std::optional<at::Tensor>& adapter_enabled);
+void fused_moe_lora_expand_cpu(const at::Tensor& output, const at::Tensor& intermediate,
+                               const std::vector<at::Tensor>& lora_b,
+                               const at::Tensor& topk_weights,
+                               const at::Tensor& sorted_token_ids, const at::Tensor& expert_ids,
+                               const at::Tensor& num_tokens_post_pad, int64_t top_k,
+                               bool mul_routed_weight, bool add_inputs, int64_t offset,
+                               const std::optional<at::Tensor>& adapter_enabled);
+#ifdef MOE_EXT_WITH_CUDA
+void fused_moe_lora_cuda(const at::Tensor& output, const at::Tensor& x,
+                         const std::vector<at::Tensor>& lora_a,
+                         const std::vector<at::Tensor>& lora_b, const at::Tensor& topk_weights,
+                         const at::Tensor& sorted_token_ids, const at::Tensor& expert_ids,
+                         const at::Tensor& num_tokens_post_pad, int64_t top_k,
+                         bool mul_routed_weight, bool add_inputs, int64_t offset,
+                         const std::optional<at::Tensor>& adapter_enabled);
+void fused_moe_lora_shrink_cuda(const at::Tensor& intermediate, const at::Tensor& x,
+                                const std::vector<at::Tensor>& lora_a,
+                                const at::Tensor& sorted_token_ids, const at::Tensor& expert_ids,
+                                const at::Tensor& num_tokens_post_pad, int64_t top_k,
+                                const std::optional<at::Tensor>& adapter_enabled);
+void fused_moe_lora_expand_cuda(const at::Tensor& output, const at::Tensor& intermediate,
+                                const std::vector<at::Tensor>& lora_b,
+                                const at::Tensor& topk_weights,
+                                const at::Tensor& sorted_token_ids, const at::Tensor& expert_ids,
+                                const at::Tensor& num_tokens_post_pad, int64_t top_k,
+                                bool mul_routed_weight, bool add_inputs, int64_t offset,
+                                const std::optional<at::Tensor>& adapter_enabled);
 #endif
 
 }  // namespace moe_ext

@@ -8,6 +8,7 @@ import torch
 
 from . import (
     _C,  # noqa: F401  (loads the op library)
+    layer,
     ops,
 )
 from .ops.moe_align import (
@@ -16,6 +17,7 @@ from .ops.moe_align import (
     moe_lora_align_block_size,
     moe_lora_align_block_size_out,
 )
+from .ops.moe_lora_gemm import fused_moe_lora, fused_moe_lora_expand, fused_moe_lora_shrink
 from .ops.nvfp4 import (
     nvfp4_dequantize,
     nvfp4_global_scale,
@@ -47,6 +49,10 @@ __all__ = [
     "moe_align_block_size_out",
     "moe_lora_align_block_size",
     "moe_lora_align_block_size_out",
+    "fused_moe_lora",
+    "fused_moe_lora_shrink",
+    "fused_moe_lora_expand",
+    "layer",
     "nvfp4_quantize",
     "nvfp4_dequantize",
     "nvfp4_swizzle_scales",

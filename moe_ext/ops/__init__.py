@@ -1,3 +1,3 @@
 """Typed wrappers and fake implementations of `torch.ops.moe_ext.*`, one module per family."""
 
-from . import moe_align, nvfp4  # noqa: F401
+from . import moe_align, moe_lora_gemm, nvfp4  # noqa: F401

@@ -1,0 +1,163 @@
+// Multi-LoRA MoE grouped GEMM (DESIGN 4.2), torch-free entry points.
+//
+//   shrink:  partial[ks, s, i, :] = x[row(i), chunk ks] @ lora_a[s][l, e][:, chunk ks].T   (fp32)
+//   expand:  out[i, offset + s*N + n] (+)= w_i * (round_T(sum_ks partial[ks, s, i]) @ lora_b[s][l, e].T)
+//
+// for every route i listed in a real block (l, b) of the alignment, e = expert of the block.
+// Grids depend on shapes only; each CTA walks the compact list of real blocks built from
+// num_tokens_post_pad, so CUDA-graph replays with new routing stay correct.
+#pragma once
+
+#include <algorithm>
+
+#include "moe_ext/moe_lora_gemm_expand.cuh"
+#include "moe_ext/moe_lora_gemm_shrink.cuh"
+
+namespace moe_ext {
+namespace lora_gemm {
+
+// Rank padded to the shrink tile: 16, 32, 64 or 128.
+inline int padded_rank(int r) { return r <= 16 ? 16 : r <= 32 ? 32 : r <= 64 ? 64 : 128; }
+inline int shrink_bk(int rp) { return rp <= 32 ? 128 : 64; }
+// Slices one shrink CTA handles: at prefill sizes two slices (gate/up) share one x tile (up to
+// rank 64: accumulator registers); at decode sizes separate CTAs give more streams of weights.
+inline int shrink_slices_per_cta(int S, int r, int64_t numel) {
+  return S == 2 && padded_rank(r) <= 64 && numel >= 1024 ? 2 : 1;
+}
+
+// Upper bound on the real blocks of a valid alignment: every non-empty (slot, expert) segment
+// wastes at most one partial block. Only sizes grids; the kernels loop over whatever is real.
+inline int64_t max_real_blocks(int64_t numel, int64_t L, int64_t NB, int64_t BS, int64_t E) {
+  return std::max<int64_t>(1, std::min(L * NB, numel / BS + std::min(numel, L * E)));
+}
+
+struct ShrinkPlan {
+  int ksplit, kchunk, grid;
+};
+
+// Split K until about 4 CTAs per SM stream weights, keeping at least two stages per chunk, and
+// only while the fp32 partials stay small (<= 256 KB): the expand re-reads them once per column
+// tile, so at prefill sizes one chunk (rank vectors rounded in the shrink) is cheaper.
+inline ShrinkPlan plan_shrink(int64_t numel, int L, int NB, int BS, int E, int S, int K, int r,
+                              int num_sms) {
+  const int bk = shrink_bk(padded_rank(r));
+  const int64_t items =
+      max_real_blocks(numel, L, NB, BS, E) * (S / shrink_slices_per_cta(S, r, numel));
+  const int64_t want = (4LL * num_sms + items - 1) / items;
+  const int64_t partial_row = int64_t{4} * S * numel * padded_rank(r);
+  const int max_split = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(K / (2 * bk), (int64_t{256} << 10) / partial_row)));
+  int ksplit = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, max_split)));
+  const int kchunk = ((K + ksplit - 1) / ksplit + bk - 1) / bk * bk;
+  ksplit = (K + kchunk - 1) / kchunk;
+  const int64_t grid = std::min<int64_t>(items * ksplit, 8LL * num_sms);
+  return {ksplit, kchunk, static_cast<int>(std::max<int64_t>(1, grid))};
+}
+
+inline int expand_grid(int64_t numel, int L, int NB, int BS, int E, int S, int ntiles,
+                       int num_sms) {
+  const int64_t items = max_real_blocks(numel, L, NB, BS, E) * S * ntiles;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(items, 8LL * num_sms)));
+}
+
+// Chunk groups summed in parallel by the expand stage: up to 8, within 32 KB of scratch.
+inline int reduce_groups(int ksplit, int BS, int RP) {
+  const int bm = BS <= 16 ? 16 : BS <= 32 ? 32 : 64;
+  return std::max(1, std::min({ksplit, 8, 8192 / (bm * RP)}));
+}
+
+template <typename Kernel>
+cudaError_t launch_with_smem(Kernel kernel, int grid, int smem, cudaStream_t stream,
+                             const void* args_ptr, bool dependent = false) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  void* args[] = {const_cast<void*>(args_ptr)};
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = dependent ? 1 : 0;
+  return cudaLaunchKernelExC(&cfg, reinterpret_cast<const void*>(kernel), args);
+}
+
+template <typename T, int RP, int WM, int NS>
+cudaError_t launch_shrink_ns(const ShrinkArgs& a, int grid, cudaStream_t stream) {
+  constexpr int BK = RP <= 32 ? 128 : 64;
+  constexpr int STAGES = 3;
+  using Tile = ShrinkTile<T, RP, WM, BK, STAGES, NS>;
+  return launch_with_smem(moe_lora_shrink_kernel<T, RP, WM, BK, STAGES, NS>, grid, Tile::kSmem,
+                          stream, &a, false);
+}
+
+template <typename T, int RP, int WM>
+cudaError_t launch_shrink_rp_wm(const ShrinkArgs& a, int grid, cudaStream_t stream) {
+  if (shrink_slices_per_cta(a.S, a.r, a.rt.numel) == 2)
+    return launch_shrink_ns<T, RP, WM, 2>(a, grid, stream);
+  return launch_shrink_ns<T, RP, WM, 1>(a, grid, stream);
+}
+
+template <typename T, int RP>
+cudaError_t launch_shrink_rp(const ShrinkArgs& a, int grid, cudaStream_t stream) {
+  if (a.rt.BS <= 16) return launch_shrink_rp_wm<T, RP, 1>(a, grid, stream);
+  if (a.rt.BS <= 32) return launch_shrink_rp_wm<T, RP, 2>(a, grid, stream);
+  return launch_shrink_rp_wm<T, RP, 4>(a, grid, stream);
+}
+
+// a.partial must hold ksplit * S * numel * RP floats; a.RP == padded_rank(a.r).
+template <typename T>
+cudaError_t launch_moe_lora_shrink(const ShrinkArgs& a, int grid, cudaStream_t stream) {
+  switch (a.RP) {
+    case 16: return launch_shrink_rp<T, 16>(a, grid, stream);
+    case 32: return launch_shrink_rp<T, 32>(a, grid, stream);
+    case 64: return launch_shrink_rp<T, 64>(a, grid, stream);
+    case 128: return launch_shrink_rp<T, 128>(a, grid, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// dependent: launched right behind the shrink (programmatic dependent launch).
+template <typename T>
+cudaError_t launch_moe_lora_expand(const ExpandArgs& a, int grid, bool dependent,
+                                   cudaStream_t stream) {
+  const int bs = a.rt.BS, e = static_cast<int>(sizeof(T));
+  if (bs <= 16)
+    return launch_with_smem(moe_lora_expand_kernel<T, 1>, grid, ExpandTile<1>::smem(a.RP, a.G, e),
+                            stream, &a, dependent);
+  if (bs <= 32)
+    return launch_with_smem(moe_lora_expand_kernel<T, 2>, grid, ExpandTile<2>::smem(a.RP, a.G, e),
+                            stream, &a, dependent);
+  return launch_with_smem(moe_lora_expand_kernel<T, 4>, grid, ExpandTile<4>::smem(a.RP, a.G, e),
+                          stream, &a, dependent);
+}
+
+template <typename T, int MI>
+cudaError_t launch_reduce_mi(const Routing& rt, const float* partial, int ksplit, int G, int S,
+                             int RP, int r, T* inter, int grid, cudaStream_t stream) {
+  const int smem = ExpandTile<MI>::kHeadAligned + (G > 1 ? G * 16 * MI * RP * 4 : 0);
+  cudaError_t err = cudaFuncSetAttribute(moe_lora_reduce_kernel<T, MI>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  moe_lora_reduce_kernel<T, MI><<<grid, kThreads, smem, stream>>>(rt, partial, ksplit, G, S, RP, r,
+                                                                 inter);
+  return cudaGetLastError();
+}
+
+// Standalone shrink output: intermediate [S, numel, r] from the partials, summed as the expand
+// stage sums them (same G), so shrink + expand is bit-identical to the fused op.
+template <typename T>
+cudaError_t launch_moe_lora_reduce(const Routing& rt, const float* partial, int ksplit, int G,
+                                   int S, int RP, int r, T* inter, int grid, cudaStream_t stream) {
+  if (rt.BS <= 16)
+    return launch_reduce_mi<T, 1>(rt, partial, ksplit, G, S, RP, r, inter, grid, stream);
+  if (rt.BS <= 32)
+    return launch_reduce_mi<T, 2>(rt, partial, ksplit, G, S, RP, r, inter, grid, stream);
+  return launch_reduce_mi<T, 4>(rt, partial, ksplit, G, S, RP, r, inter, grid, stream);
+}
+
+}  // namespace lora_gemm
+}  // namespace moe_ext

@@ -1,0 +1,257 @@
+// Expand stage of the multi-LoRA MoE GEMM: for every real (slot l, block b), slice s and tile of
+// 128 output columns, tmp = round_to_T(sum over K chunks of the fp32 partials) (or the T
+// intermediate of the standalone shrink op), d = tmp @ lora_b[s][l, e].T in fp32, times the
+// routing weight, added to (or written into) output. The output tile is prefetched into
+// registers (accumulator layout) while the weights arrive, and written straight from the
+// accumulators: each output element is read and written once.
+#pragma once
+
+#include "moe_ext/moe_lora_gemm_common.cuh"
+
+namespace moe_ext {
+namespace lora_gemm {
+
+struct ExpandArgs {
+  Routing rt;
+  const float* partial;  // [ksplit, S, numel, RP] fp32, or nullptr when `inter` is used
+  int ksplit, G;         // G: chunk groups summed in parallel (see reduce_partials)
+  const void* inter;     // [S, numel, inter_ld] in T (rank vectors already rounded), or nullptr
+  int64_t inter_ld;
+  bool inter_vec;        // inter rows 16-byte aligned and r a multiple of 8: cp.async rows
+  int RP, r, rb;         // padded k extent (multiple of 16), rank, columns of lora_b to read
+  const void* b[kMaxSlices];  // lora_b[s]: [L, E, N, rb'] with unit stride on the rank
+  int64_t b_sl[kMaxSlices], b_se[kMaxSlices], b_sn[kMaxSlices];
+  int S, N, ntiles;
+  const float* weights;  // [numel] routing weights, or nullptr (no multiply)
+  void* out;             // element (route i, column c) at i * out_row + c
+  int64_t out_row;
+  int col0;              // offset
+  bool add, vec;         // vec: 4-byte aligned column pairs (offset, row stride and base even)
+};
+
+constexpr int kExpandBN = 128;
+
+template <int MI>
+struct ExpandTile {
+  static constexpr int BM = 16 * MI;
+  static constexpr int kHead = 4 * (kMaxLoras + 1) + 4 * 4 + 4 * BM + 4 * BM;
+  static constexpr int kHeadAligned = (kHead + 127) / 128 * 128;
+  // Operands [BM + BN][RP + 8] in T, then the chunk-group scratch [G][BM][RP] fp32.
+  static int smem(int RP, int G, int elem) {
+    return kHeadAligned + (BM + kExpandBN) * (RP + 8) * elem + (G > 1 ? G * BM * RP * 4 : 0);
+  }
+};
+
+template <typename T, int MI>
+__global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandArgs p) {
+  using Tile = ExpandTile<MI>;
+  constexpr int BM = Tile::BM, BN = kExpandBN;
+  extern __shared__ __align__(128) unsigned char smem[];
+  int* prefix = reinterpret_cast<int*>(smem);
+  int* scratch = prefix + kMaxLoras + 1;
+  int* ids = scratch + 4;
+  float* wts = reinterpret_cast<float*>(ids + BM);
+  const int LDA = p.RP + 8;  // +16 bytes per row: conflict-free fragment loads
+  T* as = reinterpret_cast<T*>(smem + Tile::kHeadAligned);  // [BM][LDA]
+  T* bs = as + BM * LDA;                                      // [BN][LDA]
+  float* red = reinterpret_cast<float*>(bs + BN * LDA);
+
+  const Routing& rt = p.rt;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t4 = lane & 3;
+  T* out = static_cast<T*>(p.out);
+  bool waited = false;
+
+  const int nblk = build_work_prefix(rt, prefix, scratch);
+  const int total = nblk * p.S * p.ntiles;
+  for (int w = blockIdx.x; w < total; w += gridDim.x) {
+    const int wb = w % nblk, rest = w / nblk;
+    const int nt = rest % p.ntiles, s = rest / p.ntiles;
+    const int l = find_slot(prefix, rt.L, wb);
+    const int b = wb - prefix[l];
+    const int e = rt.block_experts[static_cast<int64_t>(l) * rt.NB + b];
+    if (e < 0 || e >= rt.E) continue;
+    const int n0 = nt * BN;
+    const T* bw = static_cast<const T*>(p.b[s]) + l * p.b_sl[s] + e * p.b_se[s];
+    const int32_t* block_ids = rt.sorted_ids + static_cast<int64_t>(l) * rt.P +
+                               static_cast<int64_t>(b) * rt.BS;
+    const int64_t col_base = p.col0 + static_cast<int64_t>(s) * p.N + n0;
+
+    for (int m0 = 0; m0 < rt.BS; m0 += BM) {
+      __syncthreads();  // the previous tile is done with shared memory
+      int mine = -1;
+      if (tid < BM && m0 + tid < rt.BS) {
+        const int v = block_ids[m0 + tid];
+        mine = (v >= 0 && v < rt.numel) ? v : -1;
+      }
+      if (tid < BM) {
+        ids[tid] = mine;
+        wts[tid] = (mine >= 0 && p.weights != nullptr) ? p.weights[mine] : 1.f;
+      }
+      if (!__syncthreads_or(mine >= 0)) continue;
+
+      // B tile [BN x RP] (rows past N and ranks past rb zero-filled), in flight meanwhile.
+      for (int c = tid; c < BN * (p.RP / 8); c += kThreads) {
+        const int row = c / (p.RP / 8), col = (c % (p.RP / 8)) * 8;
+        const bool ok = n0 + row < p.N && col < p.rb;
+        cp_async16(bs + row * LDA + col, ok ? bw + (n0 + row) * p.b_sn[s] + col : bw, ok);
+      }
+      cp_async_commit();
+
+      // Output prefetch in the accumulator layout: its latency overlaps the weights and mma.
+      const int cw = warp * 32 + 2 * t4;  // this thread's first column inside the tile
+      uint32_t prev[MI][4][2];
+      if (p.add && p.vec) {
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int id = ids[i * 16 + g + 8 * h];
+            const T* row = out + static_cast<int64_t>(id) * p.out_row + col_base + cw;
+#pragma unroll
+            for (int n = 0; n < 4; ++n)
+              prev[i][n][h] = (id >= 0 && n0 + cw + n * 8 < p.N)
+                                  ? *reinterpret_cast<const uint32_t*>(row + n * 8)
+                                  : 0u;
+          }
+      }
+
+      // A tile [BM x RP]: the rank vectors, rounded to T exactly once.
+      if (!waited) {
+        pdl_wait_primary();  // partials / rank vectors come from the shrink
+        waited = true;
+      }
+      if (p.partial != nullptr) {
+        reduce_partials<BM>(p.partial, p.ksplit, p.S, s, rt.numel, p.RP, p.G, ids, red,
+                            [&](int row, int col, float4 v) {
+                              T* dst = as + row * LDA + col;
+                              dst[0] = from_f32<T>(v.x);
+                              dst[1] = from_f32<T>(v.y);
+                              dst[2] = from_f32<T>(v.z);
+                              dst[3] = from_f32<T>(v.w);
+                            });
+      } else if (p.inter_vec) {
+        const T* inter = static_cast<const T*>(p.inter);
+        for (int c = tid; c < BM * (p.RP / 8); c += kThreads) {
+          const int row = c / (p.RP / 8), col = (c % (p.RP / 8)) * 8, id = ids[row];
+          const bool ok = id >= 0 && col < p.r;
+          const T* src = inter + (static_cast<int64_t>(s) * rt.numel + id) * p.inter_ld + col;
+          cp_async16(as + row * LDA + col, ok ? src : inter, ok);
+        }
+        cp_async_commit();
+      } else {
+        for (int c = tid; c < BM * p.RP; c += kThreads) {
+          const int row = c / p.RP, col = c % p.RP, id = ids[row];
+          const T* src = static_cast<const T*>(p.inter) +
+                         (static_cast<int64_t>(s) * rt.numel + id) * p.inter_ld;
+          as[row * LDA + col] = (id >= 0 && col < p.r) ? src[col] : from_f32<T>(0.f);
+        }
+      }
+      cp_async_wait<0>();
+      __syncthreads();
+
+      float acc[MI][4][4];
+#pragma unroll
+      for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int n = 0; n < 4; ++n) acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.f;
+      for (int kb0 = 0; kb0 < p.RP; kb0 += 16) {
+        const int kb = kb0 + 2 * t4;
+        uint32_t bf[4][2];
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          const T* brow = bs + (warp * 32 + n * 8 + g) * LDA;
+          bf[n][0] = lds32(brow + kb);
+          bf[n][1] = lds32(brow + kb + 8);
+        }
+#pragma unroll
+        for (int i = 0; i < MI; ++i) {
+          const T* arow = as + (i * 16 + g) * LDA;
+          uint32_t af[4];
+          af[0] = lds32(arow + kb);
+          af[1] = lds32(arow + 8 * LDA + kb);
+          af[2] = lds32(arow + kb + 8);
+          af[3] = lds32(arow + 8 * LDA + kb + 8);
+#pragma unroll
+          for (int n = 0; n < 4; ++n) MmaOp<T>::run(acc[i][n], af, bf[n]);
+        }
+      }
+
+      // Epilogue straight from the accumulators: out = round(out + w * d) (or round(w * d)).
+#pragma unroll
+      for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = i * 16 + g + 8 * h, id = ids[row];
+          if (id < 0) continue;
+          const float wt = wts[row];
+          T* dst = out + static_cast<int64_t>(id) * p.out_row + col_base + cw;
+#pragma unroll
+          for (int n = 0; n < 4; ++n) {
+            if (n0 + cw + n * 8 >= p.N) continue;
+            const float d0 = acc[i][n][2 * h] * wt, d1 = acc[i][n][2 * h + 1] * wt;
+            T* q = dst + n * 8;
+            if (p.vec) {
+              float o0 = d0, o1 = d1;
+              if (p.add) {
+                const T* old = reinterpret_cast<const T*>(&prev[i][n][h]);
+                o0 += to_f32(old[0]);
+                o1 += to_f32(old[1]);
+              }
+              T pair[2] = {from_f32<T>(o0), from_f32<T>(o1)};
+              *reinterpret_cast<uint32_t*>(q) = *reinterpret_cast<const uint32_t*>(pair);
+            } else {
+              q[0] = from_f32<T>(p.add ? to_f32(q[0]) + d0 : d0);
+              q[1] = from_f32<T>(p.add ? to_f32(q[1]) + d1 : d1);
+            }
+          }
+        }
+    }
+  }
+}
+
+// intermediate[s, i, :r] = round_to_T(sum over K chunks of partial[., s, i, :r]) for the routes
+// of every real block: the standalone shrink op, summed exactly as the expand stage sums them.
+template <typename T, int MI>
+__global__ void __launch_bounds__(kThreads) moe_lora_reduce_kernel(const Routing rt,
+                                                                    const float* partial,
+                                                                    int ksplit, int G, int S,
+                                                                    int RP, int r, T* inter) {
+  constexpr int BM = 16 * MI;
+  extern __shared__ __align__(128) unsigned char smem[];
+  int* prefix = reinterpret_cast<int*>(smem);
+  int* scratch = prefix + kMaxLoras + 1;
+  int* ids = scratch + 4;
+  float* red = reinterpret_cast<float*>(smem + ExpandTile<MI>::kHeadAligned);
+  const int nblk = build_work_prefix(rt, prefix, scratch);
+  for (int w = blockIdx.x; w < nblk * S; w += gridDim.x) {
+    const int wb = w % nblk, s = w / nblk;
+    const int l = find_slot(prefix, rt.L, wb);
+    const int b = wb - prefix[l];
+    const int e = rt.block_experts[static_cast<int64_t>(l) * rt.NB + b];
+    if (e < 0 || e >= rt.E) continue;
+    const int32_t* block_ids = rt.sorted_ids + static_cast<int64_t>(l) * rt.P +
+                               static_cast<int64_t>(b) * rt.BS;
+    for (int m0 = 0; m0 < rt.BS; m0 += BM) {
+      __syncthreads();
+      if (threadIdx.x < BM) {
+        const int v = m0 + threadIdx.x < rt.BS ? block_ids[m0 + threadIdx.x] : -1;
+        ids[threadIdx.x] = (v >= 0 && v < rt.numel) ? v : -1;
+      }
+      __syncthreads();
+      reduce_partials<BM>(partial, ksplit, S, s, rt.numel, RP, G, ids, red,
+                          [&](int row, int col, float4 v) {
+                            const int id = ids[row];
+                            if (id < 0) return;
+                            T* dst = inter + (static_cast<int64_t>(s) * rt.numel + id) * r;
+                            const float vals[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                            for (int q = 0; q < 4; ++q)
+                              if (col + q < r) dst[col + q] = from_f32<T>(vals[q]);
+                          });
+    }
+  }
+}
+
+}  // namespace lora_gemm
+}  // namespace moe_ext

@@ -1,0 +1,221 @@
+// Shrink stage of the multi-LoRA MoE GEMM: for every real (slot l, block b) of the alignment and
+// every K chunk, partial[ks, s, i, :] = x[row(i), chunk] @ lora_a[s][l, e][:, chunk].T in fp32.
+// The K split keeps all SMs streaming weights at decode sizes; the expand stage sums the chunks
+// in a fixed order (deterministic, no atomics). Rows of x are gathered by route index.
+#pragma once
+
+#include "moe_ext/moe_lora_gemm_common.cuh"
+
+namespace moe_ext {
+namespace lora_gemm {
+
+struct ShrinkArgs {
+  Routing rt;
+  const void* x;         // [T or numel, K], rows x_row_stride apart, 16-byte aligned rows
+  int64_t x_row_stride;
+  int K, top_k;
+  bool x_per_route;      // x row = route i (down input) instead of i / top_k (gate/up input)
+  const void* a[kMaxSlices];  // lora_a[s]: [L, E, r, K], unit stride on K
+  int64_t a_sl[kMaxSlices], a_se[kMaxSlices], a_sr[kMaxSlices];
+  int S, r, ksplit, kchunk;  // kchunk: multiple of the stage depth BK
+  float* partial;            // [ksplit, S, numel, RP] fp32 (RP = rank padded to the tile), or
+  void* tmp;                 // with ksplit == 1: [S, numel, RP] in T, already rounded
+  int RP;
+};
+
+// Tile: BM = 16*WM routes x RP ranks for NS slices at once (the x tile is loaded once for all
+// of them), K in stages of BK. The 4 warps split M (WM of them) and the k16 steps of a stage
+// (4/WM of them); split-k warps are summed through shared memory in a fixed order.
+template <typename T, int RP, int WM, int BK, int STAGES, int NS>
+struct ShrinkTile {
+  static constexpr int BM = 16 * WM;
+  static constexpr int WK = 4 / WM;
+  static constexpr int LD = BK + 8;  // +16 bytes per row: conflict-free fragment loads
+  static constexpr int kPipeBytes = STAGES * (BM + NS * RP) * LD * 2;
+  static constexpr int kRedBytes = WK > 1 ? NS * WK * BM * RP * 4 : 0;
+  static constexpr int kHead = 4 * (kMaxLoras + 1) + 4 * 4 + 4 * BM;  // prefix, scratch, ids
+  static constexpr int kHeadAligned = (kHead + 127) / 128 * 128;
+  static constexpr int kSmem = kHeadAligned + (kPipeBytes > kRedBytes ? kPipeBytes : kRedBytes);
+};
+
+// Two adjacent ranks of route id: fp32 partials, or (single K chunk) the rounded T values.
+template <typename T>
+__device__ __forceinline__ void store_pair(const ShrinkArgs& p, float* partial_slice, int s,
+                                           int id, int col, float v0, float v1) {
+  if (p.partial != nullptr) {
+    *reinterpret_cast<float2*>(partial_slice + static_cast<int64_t>(id) * p.RP + col) =
+        make_float2(v0, v1);
+  } else {
+    T pair[2] = {from_f32<T>(v0), from_f32<T>(v1)};
+    T* dst = static_cast<T*>(p.tmp) + (static_cast<int64_t>(s) * p.rt.numel + id) * p.RP + col;
+    *reinterpret_cast<uint32_t*>(dst) = *reinterpret_cast<const uint32_t*>(pair);
+  }
+}
+
+template <typename T, int RP, int WM, int BK, int STAGES, int NS>
+__global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkArgs p) {
+  using Tile = ShrinkTile<T, RP, WM, BK, STAGES, NS>;
+  constexpr int BM = Tile::BM, WK = Tile::WK, LD = Tile::LD, NF = RP / 8;
+  extern __shared__ __align__(128) unsigned char smem[];
+  int* prefix = reinterpret_cast<int*>(smem);
+  int* scratch = prefix + kMaxLoras + 1;
+  int* ids = scratch + 4;
+  T* xs = reinterpret_cast<T*>(smem + Tile::kHeadAligned);  // [STAGES][BM][LD]
+  T* as = xs + STAGES * BM * LD;                             // [STAGES][NS][RP][LD]
+  float* red = reinterpret_cast<float*>(smem + Tile::kHeadAligned);
+
+  const Routing& rt = p.rt;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int wm = warp % WM, wk = warp / WM;
+  const T* x = static_cast<const T*>(p.x);
+
+  pdl_launch_dependents();  // the expand grid may start prefetching now
+  const int nblk = build_work_prefix(rt, prefix, scratch);
+  const int groups = p.S / NS;
+  const int total = nblk * groups * p.ksplit;
+  // Consecutive CTAs take consecutive blocks of one (slice, chunk): blocks of the same
+  // (adapter, expert) pair then read the same weights close in time (L2 hits).
+  for (int w = blockIdx.x; w < total; w += gridDim.x) {
+    const int wb = w % nblk, rest = w / nblk;
+    const int ks = rest % p.ksplit, s0 = (rest / p.ksplit) * NS;
+    const int l = find_slot(prefix, rt.L, wb);
+    const int b = wb - prefix[l];
+    const int e = rt.block_experts[static_cast<int64_t>(l) * rt.NB + b];
+    if (e < 0 || e >= rt.E) continue;
+    const int k_begin = ks * p.kchunk;
+    const int k_end = min(p.K, k_begin + p.kchunk);
+    if (k_begin >= k_end) continue;
+    const int nk = (k_end - k_begin + BK - 1) / BK;
+    const T* a[NS];
+#pragma unroll
+    for (int j = 0; j < NS; ++j)
+      a[j] = static_cast<const T*>(p.a[s0 + j]) + l * p.a_sl[s0 + j] + e * p.a_se[s0 + j];
+    const int32_t* block_ids = rt.sorted_ids + static_cast<int64_t>(l) * rt.P +
+                               static_cast<int64_t>(b) * rt.BS;
+
+    for (int m0 = 0; m0 < rt.BS; m0 += BM) {
+      __syncthreads();  // the previous tile is done with ids and the stages
+      int mine = -1;
+      if (tid < BM && m0 + tid < rt.BS) {
+        const int v = block_ids[m0 + tid];
+        mine = (v >= 0 && v < rt.numel) ? v : -1;
+      }
+      if (tid < BM) ids[tid] = mine;
+      if (!__syncthreads_or(mine >= 0)) continue;
+
+      auto load_stage = [&](int stage, int kt) {
+        const int k0 = k_begin + kt * BK;
+        T* xd = xs + stage * BM * LD;
+        T* ad = as + stage * NS * RP * LD;
+        for (int c = tid; c < BM * (BK / 8); c += kThreads) {
+          const int row = c / (BK / 8), col = (c % (BK / 8)) * 8;
+          const int id = ids[row];
+          const bool ok = id >= 0 && k0 + col < k_end;
+          const int64_t xr = p.x_per_route ? id : id / p.top_k;
+          cp_async16(xd + row * LD + col, ok ? x + xr * p.x_row_stride + k0 + col : x, ok);
+        }
+#pragma unroll
+        for (int j = 0; j < NS; ++j)
+          for (int c = tid; c < RP * (BK / 8); c += kThreads) {
+            const int row = c / (BK / 8), col = (c % (BK / 8)) * 8;
+            const bool ok = row < p.r && k0 + col < k_end;
+            cp_async16(ad + (j * RP + row) * LD + col,
+                       ok ? a[j] + row * p.a_sr[s0 + j] + k0 + col : a[j], ok);
+          }
+      };
+
+      float acc[NS][NF][4];
+#pragma unroll
+      for (int j = 0; j < NS; ++j)
+#pragma unroll
+        for (int n = 0; n < NF; ++n) acc[j][n][0] = acc[j][n][1] = acc[j][n][2] = acc[j][n][3] = 0.f;
+      const bool warp_rows = ids[wm * 16 + g] >= 0 || ids[wm * 16 + g + 8] >= 0;
+      const bool warp_live = __any_sync(0xffffffffu, warp_rows);
+
+#pragma unroll
+      for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < nk) load_stage(st, st);
+        cp_async_commit();
+      }
+      for (int kt = 0; kt < nk; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int nt = kt + STAGES - 1;
+        if (nt < nk) load_stage(nt % STAGES, nt);
+        cp_async_commit();
+        if (!warp_live) continue;
+        const T* xt = xs + (kt % STAGES) * BM * LD + (wm * 16) * LD;
+        const T* at = as + (kt % STAGES) * NS * RP * LD;
+#pragma unroll
+        for (int kk = wk; kk < BK / 16; kk += WK) {
+          const int kb = kk * 16 + 2 * t4;
+          uint32_t af[4];
+          af[0] = lds32(xt + g * LD + kb);
+          af[1] = lds32(xt + (g + 8) * LD + kb);
+          af[2] = lds32(xt + g * LD + kb + 8);
+          af[3] = lds32(xt + (g + 8) * LD + kb + 8);
+#pragma unroll
+          for (int j = 0; j < NS; ++j)
+#pragma unroll
+            for (int n = 0; n < NF; ++n) {
+              const T* brow = at + (j * RP + n * 8 + g) * LD;
+              uint32_t bf[2];
+              bf[0] = lds32(brow + kb);
+              bf[1] = lds32(brow + kb + 8);
+              MmaOp<T>::run(acc[j][n], af, bf);
+            }
+        }
+      }
+      cp_async_wait<0>();
+      __syncthreads();
+
+      const int r0 = wm * 16 + g;
+#pragma unroll
+      for (int j = 0; j < NS; ++j) {
+        float* dst = p.partial + (static_cast<int64_t>(ks) * p.S + s0 + j) * rt.numel * RP;
+        if (WK == 1) {
+          const int id0 = ids[r0], id1 = ids[r0 + 8];
+#pragma unroll
+          for (int n = 0; n < NF; ++n) {
+            const int col = n * 8 + 2 * t4;
+            if (id0 >= 0) store_pair<T>(p, dst, s0 + j, id0, col, acc[j][n][0], acc[j][n][1]);
+            if (id1 >= 0) store_pair<T>(p, dst, s0 + j, id1, col, acc[j][n][2], acc[j][n][3]);
+          }
+        } else {
+          float* mine_red = red + (j * WK + wk) * BM * RP;
+#pragma unroll
+          for (int n = 0; n < NF; ++n) {
+            const int col = n * 8 + 2 * t4;
+            *reinterpret_cast<float2*>(mine_red + r0 * RP + col) =
+                make_float2(acc[j][n][0], acc[j][n][1]);
+            *reinterpret_cast<float2*>(mine_red + (r0 + 8) * RP + col) =
+                make_float2(acc[j][n][2], acc[j][n][3]);
+          }
+        }
+      }
+      if (WK > 1) {
+        __syncthreads();
+        for (int c = tid; c < NS * BM * RP / 4; c += kThreads) {
+          const int j = c / (BM * RP / 4), rc = c % (BM * RP / 4);
+          const int row = rc / (RP / 4), col = (rc % (RP / 4)) * 4;
+          const int id = ids[row];
+          if (id < 0) continue;
+          const float* base = red + j * WK * BM * RP + row * RP + col;
+          float4 sum = *reinterpret_cast<const float4*>(base);
+#pragma unroll
+          for (int q = 1; q < WK; ++q) {
+            const float4 v = *reinterpret_cast<const float4*>(base + q * BM * RP);
+            sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w;
+          }
+          float* dst = p.partial + (static_cast<int64_t>(ks) * p.S + s0 + j) * rt.numel * RP;
+          store_pair<T>(p, dst, s0 + j, id, col, sum.x, sum.y);
+          store_pair<T>(p, dst, s0 + j, id, col + 2, sum.z, sum.w);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace lora_gemm
+}  // namespace moe_ext

@@ -1,0 +1,395 @@
+"""fused_moe_lora / _shrink / _expand against moe_ext.reference on random data, CPU and CUDA."""
+
+import itertools
+
+import pytest
+import torch
+
+import moe_ext
+from moe_ext import reference
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+TOL = {
+    torch.float32: dict(atol=1e-4, rtol=1e-4),
+    torch.float16: dict(atol=1e-2, rtol=1e-2),
+    torch.bfloat16: dict(atol=4e-2, rtol=2e-2),
+}
+
+
+def make_case(
+    device="cpu", dtype=torch.bfloat16, T=13, k=3, E=6, L=3, K=96, N=48, r=16, S=2,
+    x_per_route=False, out3d=True, offset=0, extra_cols=0, block_size=4, shared_experts=False,
+    plant=True, seed=0,
+):
+    """Random inputs, alignment from the reference (bad routing values planted), poisoned out."""
+    g = torch.Generator().manual_seed(seed)
+    numel = T * k
+    topk_ids = torch.randint(0, E, (T, k), generator=g, dtype=torch.int32)
+    mapping = torch.randint(-1, L, (T,), generator=g, dtype=torch.int32)
+    if T > 2:
+        mapping[1] = L + 2  # out of range: dropped like -1
+    if plant and T > 3:
+        topk_ids[2, 0] = E + 5  # not routed here
+    enabled = torch.ones(L + 1, dtype=torch.int32)
+    sorted_ids, expert_ids, post_pad = reference.moe_lora_align_block_size(
+        topk_ids, mapping, E, block_size, L
+    )
+    if plant:
+        pad = sorted_ids == numel
+        bad = torch.randint(0, 3, sorted_ids.shape, generator=g)
+        sorted_ids[pad & (bad == 0)] = numel + 7
+        sorted_ids[pad & (bad == 1)] = -3
+        expert_ids[expert_ids == -1] = E + 11  # unused blocks claim a bogus expert
+        post_pad[-1] = sorted_ids.shape[1] + 64  # beyond P: clamped
+        if L > 2:
+            enabled[1] = 0
+    x_rows = numel if x_per_route else T
+    x = torch.randn(x_rows, K, generator=g).to(dtype)
+    e_dim = 1 if shared_experts else E
+    lora_a = [(torch.randn(L, e_dim, r, K, generator=g) / K**0.5).to(dtype) for _ in range(S)]
+    lora_b = [(torch.randn(L, e_dim, N, r, generator=g) / r**0.5).to(dtype) for _ in range(S)]
+    if shared_experts:  # stride 0 on the expert dim
+        lora_a = [a.expand(L, E, r, K) for a in lora_a]
+        lora_b = [b.expand(L, E, N, r) for b in lora_b]
+    W = offset + S * N + extra_cols
+    shape = (T, k, W) if out3d else (numel, W)
+    output = torch.randn(shape, generator=g).to(dtype)
+    weights = torch.rand(T, k, generator=g)
+    case = dict(
+        output=output, x=x, lora_a=lora_a, lora_b=lora_b, topk_weights=weights,
+        sorted_token_ids=sorted_ids, expert_ids=expert_ids, num_tokens_post_pad=post_pad,
+        top_k=k, adapter_enabled=enabled if plant else None,
+    )
+    return {key: to_device(v, device) for key, v in case.items()}
+
+
+def to_device(v, device):
+    if isinstance(v, torch.Tensor):
+        return v.to(device)
+    if isinstance(v, list):
+        return [t.to(device) for t in v]
+    return v
+
+
+def run_fused(c, mul, add, offset=0):
+    out = c["output"].clone()
+    moe_ext.fused_moe_lora(
+        out, c["x"], c["lora_a"], c["lora_b"], c["topk_weights"], c["sorted_token_ids"],
+        c["expert_ids"], c["num_tokens_post_pad"], c["top_k"], mul, add, offset,
+        c["adapter_enabled"],
+    )
+    return out
+
+
+def ref_fused(c, mul, add, offset=0):
+    return reference.fused_moe_lora(
+        c["output"], c["x"], c["lora_a"], c["lora_b"], c["topk_weights"], c["sorted_token_ids"],
+        c["expert_ids"], c["num_tokens_post_pad"], c["top_k"], mul, add, offset,
+        c["adapter_enabled"],
+    )
+
+
+def lora_routes(c):
+    out = c["output"]
+    numel = out.shape[0] * c["top_k"] if out.dim() == 3 else out.shape[0]
+    routes, _, _ = reference.lora_routes_of_alignment(
+        c["sorted_token_ids"], c["expert_ids"], c["num_tokens_post_pad"], numel,
+        c["lora_a"][0].shape[1], c["adapter_enabled"],
+    )
+    return routes, numel
+
+
+def check(c, got, want, add, offset):
+    """Close inside the LoRA columns of LoRA routes; bit-exact (or 0) everywhere else."""
+    dtype = c["x"].dtype
+    got, want = got.cpu(), want.cpu()
+    routes, numel = lora_routes(c)
+    assert routes.numel() > 0, "the case must exercise at least one LoRA route"
+    g2, w2, o2 = (t.reshape(numel, -1) for t in (got, want, c["output"].cpu()))
+    S, N = len(c["lora_b"]), c["lora_b"][0].shape[2]
+    cols = slice(offset, offset + S * N)
+    torch.testing.assert_close(g2[routes, cols].float(), w2[routes, cols].float(), **TOL[dtype])
+    # Columns outside the slice range: never written.
+    outside = torch.ones(g2.shape[1], dtype=torch.bool)
+    outside[cols] = False
+    assert torch.equal(g2[:, outside], o2[:, outside])
+    others = torch.ones(numel, dtype=torch.bool)
+    others[routes] = False
+    if add:
+        assert torch.equal(g2[others], o2[others])
+    else:
+        assert torch.all(g2[others][:, cols] == 0)
+
+
+RANKS = [8, 16, 24, 32, 64, 128, 20]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("r", RANKS)
+def test_fused_ranks(device, dtype, r):
+    if device == "cuda" and dtype == torch.float32:
+        pytest.skip("float32 runs on the CPU only")
+    i = RANKS.index(r)
+    mul, add, S = bool(i & 1), bool(i & 2) or r == 128, 1 + (i % 2)
+    c = make_case(device, dtype, r=r, S=S, N=136 if r >= 64 else 48, seed=i)
+    check(c, run_fused(c, mul, add), ref_fused(c, mul, add), add, 0)
+
+
+FLAGS = list(itertools.product([False, True], repeat=5))  # mul, add, x_per_route, out3d, S2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("flags", FLAGS, ids=lambda f: "".join(str(int(v)) for v in f))
+def test_fused_flags(device, flags):
+    mul, add, per_route, out3d, s2 = flags
+    offset = 16 if out3d else 8
+    c = make_case(
+        device, torch.bfloat16, x_per_route=per_route, out3d=out3d, S=2 if s2 else 1,
+        offset=offset, extra_cols=24, block_size=8 if per_route else 4,
+    )
+    check(c, run_fused(c, mul, add, offset), ref_fused(c, mul, add, offset), add, offset)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_stride0_experts_and_odd_offset(device, dtype):
+    # Shared adapters (stride 0 on E), an offset that is not a multiple of 8 (scalar stores).
+    c = make_case(device, dtype, shared_experts=True, offset=3, extra_cols=5, r=32, N=64)
+    check(c, run_fused(c, True, True, 3), ref_fused(c, True, True, 3), True, 3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_poison_overwrite(device):
+    c = make_case(device, torch.bfloat16, offset=8, extra_cols=8)
+    c["output"] = torch.full_like(c["output"], float("nan"))
+    got = run_fused(c, True, False, 8).cpu().reshape(-1, c["output"].shape[-1])
+    cols = got[:, 8 : 8 + 2 * 48]
+    assert not torch.isnan(cols).any(), "every element of the slice columns must be written"
+    assert torch.isnan(got[:, :8]).all() and torch.isnan(got[:, 8 + 2 * 48 :]).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("K", [200, 1024])  # one K chunk / split K on the GPU
+def test_shrink_then_expand_equals_fused(device, dtype, K):
+    c = make_case(device, dtype, r=24, K=K, N=40)
+    numel = c["output"].shape[0] * c["top_k"]
+    inter = torch.full((2, numel, 24), float("nan"), dtype=dtype, device=device)
+    moe_ext.fused_moe_lora_shrink(
+        inter, c["x"], c["lora_a"], c["sorted_token_ids"], c["expert_ids"],
+        c["num_tokens_post_pad"], c["top_k"], c["adapter_enabled"],
+    )
+    routes, _ = lora_routes(c)
+    want = reference.fused_moe_lora_shrink(
+        c["x"], c["lora_a"], c["sorted_token_ids"], c["expert_ids"], c["num_tokens_post_pad"],
+        c["top_k"], numel, c["adapter_enabled"],
+    )
+    torch.testing.assert_close(inter.cpu()[:, routes].float(), want[:, routes].float(),
+                               **TOL[dtype])
+    out = c["output"].clone()
+    moe_ext.fused_moe_lora_expand(
+        out, inter, c["lora_b"], c["topk_weights"], c["sorted_token_ids"], c["expert_ids"],
+        c["num_tokens_post_pad"], c["top_k"], True, True, 0, c["adapter_enabled"],
+    )
+    assert torch.equal(out, run_fused(c, True, True))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_routing_everywhere(device):
+    # Every alignment value garbage: ids, experts and totals far out of range, never followed.
+    c = make_case(device, torch.float16, plant=False)
+    g = torch.Generator().manual_seed(3)
+    for key in ("sorted_token_ids", "expert_ids"):
+        t = c[key]
+        c[key] = torch.randint(-(2**31), 2**31 - 1, t.shape, generator=g, dtype=torch.int32).to(
+            device
+        )
+    c["num_tokens_post_pad"] = torch.full_like(c["num_tokens_post_pad"], 2**31 - 1)
+    got = run_fused(c, True, True)
+    assert torch.equal(got, c["output"]), "no valid route: output must stay bit-identical"
+
+
+PRESETS = {  # hidden H, expert intermediate I, experts E, top-k
+    "qwen3_30b_a3b": (2048, 768, 128, 8),
+    "olmoe_1b_7b": (2048, 1024, 64, 8),
+    "deepseek_v2_lite": (2048, 1408, 64, 6),
+    "gpt_oss_20b": (2880, 2880, 32, 4),
+    "mixtral_8x7b": (4096, 14336, 8, 2),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_presets(device, preset):
+    H, inter_size, E, k = PRESETS[preset]
+    T, L, r = 5, 4, 16
+    gate_up = make_case(device, torch.bfloat16, T=T, k=k, E=E, L=L, K=H, N=inter_size, r=r,
+                        S=2, block_size=16, seed=1)
+    check(gate_up, run_fused(gate_up, False, True), ref_fused(gate_up, False, True), True, 0)
+    down = make_case(device, torch.bfloat16, T=T, k=k, E=E, L=L, K=inter_size, N=H, r=r, S=1,
+                     x_per_route=True, block_size=16, seed=2)
+    check(down, run_fused(down, True, True), ref_fused(down, True, True), True, 0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("r", [16, 64])
+def test_cuda_matches_cpu_and_is_deterministic(r):
+    c = make_case("cpu", torch.bfloat16, T=300, k=4, E=8, L=4, K=512, N=264, r=r, block_size=32)
+    cg = {key: to_device(v, "cuda") for key, v in c.items()}
+    got = run_fused(cg, True, True)
+    assert torch.equal(got, run_fused(cg, True, True)), "two runs must be bit-identical"
+    check(c, got.cpu(), run_fused(c, True, True), True, 0)
+
+
+@pytest.mark.cuda
+def test_cuda_rejects_float32():
+    c = make_case("cuda", torch.float32)
+    with pytest.raises(RuntimeError, match="float16 or bfloat16"):
+        run_fused(c, False, True)
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda c: c.update(top_k=5), "top_k|must be"),
+        (lambda c: c.update(lora_b=[c["lora_b"][0]]), "slices"),
+        (lambda c: c.update(x=c["x"][:, :64]), "x.size"),
+        (lambda c: c.update(expert_ids=c["expert_ids"][:, :-1].contiguous()), "multiple"),
+        (lambda c: c.update(sorted_token_ids=c["sorted_token_ids"].long()), "int32"),
+        (lambda c: c.update(output=c["output"][..., :50]), "offset \\+ S\\*N"),
+        (lambda c: c.update(topk_weights=c["topk_weights"][:2]), "topk_weights"),
+        (lambda c: c.update(adapter_enabled=torch.ones(7, dtype=torch.int32)), "adapter_enabled"),
+    ],
+)
+def test_bad_arguments(mutate, match):
+    c = make_case()
+    mutate(c)
+    with pytest.raises(RuntimeError, match=match):
+        run_fused(c, True, True)
+
+
+def opcheck_samples(device):
+    c = make_case(device, torch.bfloat16, T=6, k=2, K=32, N=16)
+    numel = 12
+    inter = torch.randn(2, numel, 16, device=device).to(torch.bfloat16)
+    align = (c["sorted_token_ids"], c["expert_ids"], c["num_tokens_post_pad"])
+    return [
+        (torch.ops.moe_ext.fused_moe_lora.default,
+         (c["output"], c["x"], c["lora_a"], c["lora_b"], c["topk_weights"], *align, 2, True,
+          True, 0, c["adapter_enabled"])),
+        (torch.ops.moe_ext.fused_moe_lora_shrink.default,
+         (inter, c["x"], c["lora_a"], *align, 2, c["adapter_enabled"])),
+        (torch.ops.moe_ext.fused_moe_lora_expand.default,
+         (c["output"], inter, c["lora_b"], c["topk_weights"], *align, 2, True, False, 0, None)),
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    for op, args in opcheck_samples(device):
+        torch.library.opcheck(op, args)
+
+
+def test_compile_fullgraph_cpu():
+    c = make_case("cpu", torch.bfloat16)
+
+    def f(out, x, weights):
+        moe_ext.fused_moe_lora(
+            out, x, c["lora_a"], c["lora_b"], weights, c["sorted_token_ids"], c["expert_ids"],
+            c["num_tokens_post_pad"], c["top_k"], True, True, 0, c["adapter_enabled"],
+        )
+        return out * 1
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=True)
+    got = compiled(c["output"].clone(), c["x"], c["topk_weights"])
+    check(c, got, ref_fused(c, True, True), True, 0)
+
+
+@pytest.mark.cuda
+def test_compile_reduce_overhead_cuda():
+    c = make_case("cuda", torch.bfloat16)
+
+    def f(out, x, weights):
+        moe_ext.fused_moe_lora(
+            out, x, c["lora_a"], c["lora_b"], weights, c["sorted_token_ids"], c["expert_ids"],
+            c["num_tokens_post_pad"], c["top_k"], True, True, 0, c["adapter_enabled"],
+        )
+        return out.clone()
+
+    compiled = torch.compile(f, mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):
+        got = compiled(c["output"].clone(), c["x"], c["topk_weights"])
+    check(c, got, ref_fused(c, True, True), True, 0)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_replay_new_routing_and_weights():
+    """Capture once, then write new routing, new token->LoRA mapping and new weights into the
+    same buffers: every replay must match the reference of its own inputs."""
+    shapes = dict(T=40, k=4, E=8, L=4, K=256, N=144, r=32, block_size=16)
+    c = make_case("cuda", torch.bfloat16, seed=10, **shapes)
+    static = {key: (v.clone() if isinstance(v, torch.Tensor) else
+                    [t.clone() for t in v] if isinstance(v, list) else v)
+              for key, v in c.items()}
+    out = static["output"].clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+
+    def call():
+        moe_ext.fused_moe_lora(
+            out, static["x"], static["lora_a"], static["lora_b"], static["topk_weights"],
+            static["sorted_token_ids"], static["expert_ids"], static["num_tokens_post_pad"],
+            static["top_k"], True, True, 0, static["adapter_enabled"],
+        )
+
+    with torch.cuda.stream(stream):
+        call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    for seed in (11, 12, 13):
+        new = make_case("cuda", torch.bfloat16, seed=seed, **shapes)
+        for key, v in new.items():
+            if isinstance(v, torch.Tensor):
+                static[key].copy_(v)
+            elif isinstance(v, list):
+                for dst, src in zip(static[key], v):
+                    dst.copy_(src)
+        out.copy_(new["output"])
+        graph.replay()
+        torch.cuda.synchronize()
+        check(new, out, ref_fused(new, True, True), True, 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_layer_helper(device):
+    from moe_ext.layer import MoELoRA
+
+    T, k, E, L, H, inter_size, r = 9, 2, 8, 3, 64, 48, 16
+    g = torch.Generator().manual_seed(5)
+
+    def w(*shape):
+        return (torch.randn(*shape, generator=g) / shape[-1] ** 0.5).to(torch.bfloat16).to(device)
+
+    lora = MoELoRA([w(L, E, r, H), w(L, E, r, H)], [w(L, E, inter_size, r)] * 2,
+                   w(L, E, r, inter_size), w(L, E, H, r))
+    topk_ids = torch.randint(0, E, (T, k), generator=g, dtype=torch.int32).to(device)
+    mapping = torch.randint(-1, L, (T,), generator=g, dtype=torch.int32).to(device)
+    routing = lora.align(topk_ids, mapping)
+    x = w(T, H)
+    gate_up = w(T, k, 2 * inter_size)
+    want = reference.fused_moe_lora(gate_up, x, lora.gate_up_a, lora.gate_up_b,
+                                    torch.ones(T, k), *routing[:3], k)
+    got = gate_up.clone()
+    lora.gate_up(got, x, routing)
+    torch.testing.assert_close(got.cpu().float(), want.float(), **TOL[torch.bfloat16])
+    act = w(T * k, inter_size)
+    down = w(T, k, H)
+    weights = torch.rand(T, k, generator=g).to(device)
+    want = reference.fused_moe_lora(down, act, lora.down_a, lora.down_b, weights, *routing[:3], k,
+                                    mul_routed_weight=True)
+    got = down.clone()
+    lora.down(got, act, weights, routing)
+    torch.testing.assert_close(got.cpu().float(), want.float(), **TOL[torch.bfloat16])
