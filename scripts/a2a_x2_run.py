@@ -1,6 +1,7 @@
 """torchrun --nproc-per-node=2 scripts/a2a_x2_run.py OUT_JSON: one process group for the whole
 two-GPU validation, cheapest and least risky first: FlashInfer workspace probe, torch backend
-checks and benchmark, then the flashinfer backend's checks and benchmark. Each step prints
+checks and benchmark (H 2048 and 7168, E 64 and 256), then the flashinfer backend's checks
+and benchmark. Each step prints
 as soon as it is done, so a later step that stops still leaves the earlier results."""
 
 import os
@@ -18,7 +19,7 @@ from torchrun_a2a import validate  # noqa: E402
 
 from moe_ext.comm import flashinfer_importable  # noqa: E402
 
-SWEEP = {"hidden_sizes": [7168], "expert_counts": [256], "token_counts": [16, 128, 512],
+SWEEP = {"hidden_sizes": [2048, 7168], "expert_counts": [64, 256], "token_counts": [16, 128, 512],
          "iters": 30, "warmup": 5}
 
 

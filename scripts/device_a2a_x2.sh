@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Two GPUs: how they are linked, then one torchrun (scripts/a2a_x2_run.py) with the FlashInfer
-# workspace probe, both backends' checks and the H=7168 benchmark, then the one-GPU simulated
-# FlashInfer ranks test. Every step has a time limit: a FlashInfer kernel whose peer never
-# arrives spins for minutes before it traps.
+# workspace probe, both backends' checks and the benchmark, the one-GPU simulated FlashInfer
+# ranks test, and the pytest torchrun test (multigpu marker). Every step has a time limit: a
+# FlashInfer kernel whose peer never arrives spins for minutes before it traps.
 set -uo pipefail
 source scripts/flashinfer_env.sh
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -21,3 +21,4 @@ import json; d = json.load(open('$OUT/a2a_h200x2.json'))
 for r in d['results']: print(r['backend'], r['H'], r['E'], r['tokens_per_rank'], round(r['dispatch_us'], 1), round(r['combine_us'], 1))
 " 2>&1 | tail -8
 CUDA_VISIBLE_DEVICES=0 timeout "${SIM_LIMIT:-30}" python3 -m pytest -q -x -m cuda tests/test_a2a.py -k simulated > "$OUT/sim.log" 2>&1; echo "sim exit $?"; tail -3 "$OUT/sim.log"
+timeout "${PYTEST_LIMIT:-150}" python3 -m pytest -q -m multigpu tests/test_a2a.py > "$OUT/multigpu.log" 2>&1; echo "multigpu pytest exit $?"; tail -2 "$OUT/multigpu.log"
