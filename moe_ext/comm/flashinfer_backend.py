@@ -17,6 +17,12 @@ from ._layout import A2AConfig, DispatchResult, experts_of_rank
 SUPPORTED_TOP_K = (1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 22)
 MAX_RANKS = 64
 
+# FlashInfer's workspace tensor comes from a DLPack capsule whose C struct lives in a Python
+# object attached to that one tensor; torch calls the struct's deleter when the last view of the
+# storage dies (e.g. a DispatchResult field kept after close()). The structs are a few hundred
+# bytes each, so they are kept for the life of the process rather than freed under live views.
+_DLPACK_STRUCTS = []
+
 
 def flashinfer_importable() -> bool:
     return importlib.util.find_spec("flashinfer") is not None
@@ -85,6 +91,7 @@ class FlashInferAllToAll:
         MnnvlMemory.set_comm_from_config(mapping, MnnvlConfig(comm_backend=TorchDistBackend(group)))
         memory = MnnvlMemory(mapping, workspace_size_per_rank(cfg))
         workspace = memory.as_torch_strided_tensor(torch.uint8)
+        _DLPACK_STRUCTS.append(getattr(workspace, "_capsule_wrapper", None))
         metainfo = _fi().moe_a2a_initialize(workspace, cfg.rank, cfg.ep, cfg.max_tokens_per_rank)
         # No peer may write into this rank's workspace before its initialization is done.
         dist.barrier(group=group)
