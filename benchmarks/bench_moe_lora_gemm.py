@@ -23,35 +23,15 @@ import torch
 import moe_ext
 from moe_ext import reference
 from moe_ext.layer import choose_block_size
+from moe_ext.presets import PRESETS as MODEL_PRESETS
+from moe_ext.timing import copy_bandwidth_gbps
 
-PRESETS = {  # hidden H, expert intermediate I, experts E, top-k
-    "qwen3_30b_a3b": (2048, 768, 128, 8),
-    "olmoe_1b_7b": (2048, 1024, 64, 8),
-    "deepseek_v2_lite": (2048, 1408, 64, 6),
-    "gpt_oss_20b": (2880, 2880, 32, 4),
-    "mixtral_8x7b": (4096, 14336, 8, 2),
-}
+# (hidden H, expert intermediate I, experts E, top-k), keyed as in the published figures
+PRESETS = {name.replace("-", "_"): tuple(shape) for name, shape in MODEL_PRESETS.items()}
 L = 4
 COLD_BYTES = 150e6
 POOL_BYTES = 16e9
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy bandwidth in bytes/s (read + write counted), 1 GiB buffers."""
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    times = []
-    for _ in range(10):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        dst.copy_(src)
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3)
-    return 2 * src.numel() / statistics.median(times)
 
 
 def graph_time_us(fn, calls: int, replays: int) -> float:
@@ -179,7 +159,7 @@ def main():
     args = parser.parse_args()
     anchors = json.load(open(os.path.join(HERE, "vllm_h100_anchors.json")))["cases"]
     device = torch.cuda.get_device_name()
-    bw = copy_bandwidth()
+    bw = copy_bandwidth_gbps(torch.device("cuda")) * 1e9  # bytes/s
     print(f"device {device}, torch {torch.__version__}, copy bandwidth {bw / 1e9:.0f} GB/s",
           flush=True)
     gen = torch.Generator().manual_seed(0)

@@ -7,6 +7,7 @@ import torch
 
 import moe_ext
 from moe_ext import reference
+from moe_ext.presets import PRESETS
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 TOL = {
@@ -210,18 +211,9 @@ def test_bad_routing_everywhere(device):
     assert torch.equal(got, c["output"]), "no valid route: output must stay bit-identical"
 
 
-PRESETS = {  # hidden H, expert intermediate I, experts E, top-k
-    "qwen3_30b_a3b": (2048, 768, 128, 8),
-    "olmoe_1b_7b": (2048, 1024, 64, 8),
-    "deepseek_v2_lite": (2048, 1408, 64, 6),
-    "gpt_oss_20b": (2880, 2880, 32, 4),
-    "mixtral_8x7b": (4096, 14336, 8, 2),
-}
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("preset", list(PRESETS))
-def test_presets(device, preset):
+def test_presets(device, preset):  # (hidden H, expert intermediate I, experts E, top-k)
     H, inter_size, E, k = PRESETS[preset]
     T, L, r = 5, 4, 16
     gate_up = make_case(device, torch.bfloat16, T=T, k=k, E=E, L=L, K=H, N=inter_size, r=r,
