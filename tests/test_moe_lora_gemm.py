@@ -234,6 +234,40 @@ def test_cuda_matches_cpu_and_is_deterministic(r):
     check(c, got.cpu(), run_fused(c, True, True), True, 0)
 
 
+# GPU plans: prefill (64-row tiles, gate/up slices sharing the x tile, pipelined column tiles),
+# K split over a cluster of CTAs (decode, long K), block size 128 (two row tiles per block).
+GPU_PLAN_CASES = {
+    "prefill_s2_r16": dict(T=1024, k=8, E=16, L=4, K=256, N=1000, r=16, block_size=64),
+    "prefill_r64_bs128": dict(T=600, k=4, E=8, L=2, K=192, N=264, r=64, block_size=128),
+    "cluster_r64": dict(T=3, k=2, E=8, L=4, K=4096, N=520, r=64, block_size=16),
+    "cluster_r24": dict(T=5, k=2, E=4, L=2, K=2056, N=136, r=24, block_size=16),
+    "cluster_r128_bs32": dict(T=6, k=2, E=4, L=2, K=1536, N=256, r=128, block_size=32),
+}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", list(GPU_PLAN_CASES))
+@pytest.mark.parametrize("offset", [8, 2])  # 16-byte output rows / element-wise path
+def test_cuda_plans(name, offset):
+    c = make_case("cpu", torch.bfloat16, offset=offset, extra_cols=8, seed=5,
+                  **GPU_PLAN_CASES[name])
+    cg = {key: to_device(v, "cuda") for key, v in c.items()}
+    for mul, add in ((True, True), (False, False)):
+        got = run_fused(cg, mul, add, offset)
+        assert torch.equal(got, run_fused(cg, mul, add, offset)), "runs must be bit-identical"
+        check(c, got.cpu(), ref_fused(c, mul, add, offset), add, offset)
+    numel = c["x"].shape[0] * c["top_k"]
+    r = c["lora_a"][0].shape[2]
+    inter = torch.full((2, numel, r), float("nan"), dtype=torch.bfloat16, device="cuda")
+    align = (cg["sorted_token_ids"], cg["expert_ids"], cg["num_tokens_post_pad"])
+    moe_ext.fused_moe_lora_shrink(inter, cg["x"], cg["lora_a"], *align, c["top_k"],
+                                  cg["adapter_enabled"])
+    out = cg["output"].clone()
+    moe_ext.fused_moe_lora_expand(out, inter, cg["lora_b"], cg["topk_weights"], *align,
+                                  c["top_k"], True, True, offset, cg["adapter_enabled"])
+    assert torch.equal(out, run_fused(cg, True, True, offset)), "shrink + expand == fused"
+
+
 @pytest.mark.cuda
 def test_cuda_rejects_float32():
     c = make_case("cuda", torch.float32)
