@@ -171,8 +171,7 @@ void run_expand(const MoeLoraGemmDims& d, const lg::Routing& rt, const at::Tenso
   args.out_row = out2.stride(0);
   args.col0 = static_cast<int>(d.offset);
   args.add = add_inputs;
-  args.vec = reinterpret_cast<uintptr_t>(output.data_ptr()) % 4 == 0 && d.offset % 2 == 0 &&
-             out2.stride(0) % 2 == 0;
+  args.vec = aligned16(output) && d.offset % 8 == 0 && out2.stride(0) % 8 == 0;
   const int grid = lg::expand_grid(d.numel, rt.L, rt.NB, rt.BS, rt.E, args.S, args.ntiles, sms);
   const cudaError_t err = output.scalar_type() == at::kHalf
                               ? lg::launch_moe_lora_expand<__half>(args, grid, dependent, stream)

@@ -1,7 +1,8 @@
 // Multi-LoRA MoE grouped GEMM (DESIGN 4.2), torch-free entry points.
 //
 //   shrink:  partial[ks, s, i, :] = x[row(i), chunk ks] @ lora_a[s][l, e][:, chunk ks].T   (fp32)
-//   expand:  out[i, offset + s*N + n] (+)= w_i * (round_T(sum_ks partial[ks, s, i]) @ lora_b[s][l, e].T)
+//   expand:  out[i, offset + s*N + n] (+)= w_i * (round_T(sum_ks partial[ks, s, i])
+//                                                 @ lora_b[s][l, e].T)
 //
 // for every route i listed in a real block (l, b) of the alignment, e = expert of the block.
 // Grids depend on shapes only; each CTA walks the compact list of real blocks built from
@@ -18,7 +19,11 @@ namespace lora_gemm {
 
 // Rank padded to the shrink tile: 16, 32, 64 or 128.
 inline int padded_rank(int r) { return r <= 16 ? 16 : r <= 32 ? 32 : r <= 64 ? 64 : 128; }
-inline int shrink_bk(int rp) { return rp <= 32 ? 128 : 64; }
+// Shrink stage depth along K: 64 for ranks above 32, and for 64-row tiles shared by the gate and
+// up slices (half the shared memory: more CTAs per SM hide the gathered x rows); else 128.
+inline int shrink_bk(int rp, int bs, int ns) {
+  return rp <= 32 && (bs <= 32 || ns == 1) ? 128 : 64;
+}
 // Slices one shrink CTA handles: at prefill sizes two slices (gate/up) share one x tile (up to
 // rank 64: accumulator registers); at decode sizes separate CTAs give more streams of weights.
 inline int shrink_slices_per_cta(int S, int r, int64_t numel) {
@@ -36,17 +41,25 @@ struct ShrinkPlan {
 };
 
 // Split K until about 4 CTAs per SM stream weights, keeping at least two stages per chunk, and
-// only while the fp32 partials stay small (<= 256 KB): the expand re-reads them once per column
-// tile, so at prefill sizes one chunk (rank vectors rounded in the shrink) is cheaper.
+// only while the fp32 partials stay small (<= 256 KB, but see long K below): the expand re-reads
+// them once per column tile, so at prefill sizes one chunk (rank vectors rounded in the shrink)
+// is cheaper.
 inline ShrinkPlan plan_shrink(int64_t numel, int L, int NB, int BS, int E, int S, int K, int r,
                               int num_sms) {
-  const int bk = shrink_bk(padded_rank(r));
+  const int bk = shrink_bk(padded_rank(r), BS, shrink_slices_per_cta(S, r, numel));
   const int64_t items =
       max_real_blocks(numel, L, NB, BS, E) * (S / shrink_slices_per_cta(S, r, numel));
   const int64_t want = (4LL * num_sms + items - 1) / items;
   const int64_t partial_row = int64_t{4} * S * numel * padded_rank(r);
-  const int max_split = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(K / (2 * bk), (int64_t{256} << 10) / partial_row)));
+  int64_t by_partials = (int64_t{256} << 10) / partial_row;
+  // Long K (Mixtral's down input, K = 14336): where the cap would leave few CTAs streaming K
+  // for long, up to 8 chunks and 2 MB of partials cost less (Mixtral down r64 T = 1024:
+  // 273 -> 135 us).
+  if (K >= 8192 && by_partials < want)
+    by_partials =
+        std::max<int64_t>(by_partials, std::min<int64_t>(8, (int64_t{2} << 20) / partial_row));
+  const int max_split =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(K / (2 * bk), by_partials)));
   int ksplit = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, max_split)));
   const int kchunk = ((K + ksplit - 1) / ksplit + bk - 1) / bk * bk;
   ksplit = (K + kchunk - 1) / kchunk;
@@ -54,10 +67,12 @@ inline ShrinkPlan plan_shrink(int64_t numel, int L, int NB, int BS, int E, int S
   return {ksplit, kchunk, static_cast<int>(std::max<int64_t>(1, grid))};
 }
 
+// Up to 16 CTAs per SM (the expand holds 16 accumulators per thread): at decode sizes each CTA
+// then walks half as many (block, tile) items one after the other.
 inline int expand_grid(int64_t numel, int L, int NB, int BS, int E, int S, int ntiles,
                        int num_sms) {
   const int64_t items = max_real_blocks(numel, L, NB, BS, E) * S * ntiles;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(items, 8LL * num_sms)));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(items, 16LL * num_sms)));
 }
 
 // Chunk groups summed in parallel by the expand stage: up to 8, within 32 KB of scratch.
@@ -87,7 +102,7 @@ cudaError_t launch_with_smem(Kernel kernel, int grid, int smem, cudaStream_t str
 
 template <typename T, int RP, int WM, int NS>
 cudaError_t launch_shrink_ns(const ShrinkArgs& a, int grid, cudaStream_t stream) {
-  constexpr int BK = RP <= 32 ? 128 : 64;
+  constexpr int BK = RP <= 32 && (WM <= 2 || NS == 1) ? 128 : 64;  // shrink_bk(RP, BS, NS)
   constexpr int STAGES = 3;
   using Tile = ShrinkTile<T, RP, WM, BK, STAGES, NS>;
   return launch_with_smem(moe_lora_shrink_kernel<T, RP, WM, BK, STAGES, NS>, grid, Tile::kSmem,

@@ -1,9 +1,9 @@
 // Expand stage of the multi-LoRA MoE GEMM: for every real (slot l, block b), slice s and tile of
 // 128 output columns, tmp = round_to_T(sum over K chunks of the fp32 partials) (or the T
 // intermediate of the standalone shrink op), d = tmp @ lora_b[s][l, e].T in fp32, times the
-// routing weight, added to (or written into) output. The output tile is prefetched into
-// registers (accumulator layout) while the weights arrive, and written straight from the
-// accumulators: each output element is read and written once.
+// routing weight, added to (or written into) output. The output tile comes into shared memory
+// (cp.async) while the weights arrive, the epilogue updates it there, and it leaves in 16-byte
+// coalesced stores: each output element is read and written once.
 #pragma once
 
 #include "moe_ext/moe_lora_gemm_common.cuh"
@@ -26,7 +26,7 @@ struct ExpandArgs {
   void* out;             // element (route i, column c) at i * out_row + c
   int64_t out_row;
   int col0;              // offset
-  bool add, vec;         // vec: 4-byte aligned column pairs (offset, row stride and base even)
+  bool add, vec;         // vec: 16-byte output chunks (base, row stride and offset aligned)
 };
 
 constexpr int kExpandBN = 128;
@@ -36,9 +36,12 @@ struct ExpandTile {
   static constexpr int BM = 16 * MI;
   static constexpr int kHead = 4 * (kMaxLoras + 1) + 4 * 4 + 4 * BM + 4 * BM;
   static constexpr int kHeadAligned = (kHead + 127) / 128 * 128;
-  // Operands [BM + BN][RP + 8] in T, then the chunk-group scratch [G][BM][RP] fp32.
+  static constexpr int LDO = kExpandBN + 8;  // output tile row: +16 bytes, no bank conflicts
+  // Operands [BM + BN][RP + 8] and the output tile [BM][LDO] in T, then the chunk-group
+  // scratch [G][BM][RP] fp32.
   static int smem(int RP, int G, int elem) {
-    return kHeadAligned + (BM + kExpandBN) * (RP + 8) * elem + (G > 1 ? G * BM * RP * 4 : 0);
+    return kHeadAligned + ((BM + kExpandBN) * (RP + 8) + BM * LDO) * elem +
+           (G > 1 ? G * BM * RP * 4 : 0);
   }
 };
 
@@ -54,7 +57,9 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
   const int LDA = p.RP + 8;  // +16 bytes per row: conflict-free fragment loads
   T* as = reinterpret_cast<T*>(smem + Tile::kHeadAligned);  // [BM][LDA]
   T* bs = as + BM * LDA;                                      // [BN][LDA]
-  float* red = reinterpret_cast<float*>(bs + BN * LDA);
+  T* os = bs + BN * LDA;                                      // [BM][LDO] output tile
+  float* red = reinterpret_cast<float*>(os + BM * Tile::LDO);
+  constexpr int LDO = Tile::LDO;
 
   const Routing& rt = p.rt;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -69,26 +74,27 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
     const int nt = rest % p.ntiles, s = rest / p.ntiles;
     const int l = find_slot(prefix, rt.L, wb);
     const int b = wb - prefix[l];
+    const int32_t* block_ids = rt.sorted_ids + static_cast<int64_t>(l) * rt.P +
+                               static_cast<int64_t>(b) * rt.BS;
+    // The first route ids load together with the block expert: one round trip, not two.
+    const int first = tid < BM && tid < rt.BS ? block_ids[tid] : -1;
     const int e = rt.block_experts[static_cast<int64_t>(l) * rt.NB + b];
     if (e < 0 || e >= rt.E) continue;
     const int n0 = nt * BN;
     const T* bw = static_cast<const T*>(p.b[s]) + l * p.b_sl[s] + e * p.b_se[s];
-    const int32_t* block_ids = rt.sorted_ids + static_cast<int64_t>(l) * rt.P +
-                               static_cast<int64_t>(b) * rt.BS;
     const int64_t col_base = p.col0 + static_cast<int64_t>(s) * p.N + n0;
 
     for (int m0 = 0; m0 < rt.BS; m0 += BM) {
       __syncthreads();  // the previous tile is done with shared memory
       int mine = -1;
       if (tid < BM && m0 + tid < rt.BS) {
-        const int v = block_ids[m0 + tid];
+        const int v = m0 == 0 ? first : block_ids[m0 + tid];
         mine = (v >= 0 && v < rt.numel) ? v : -1;
       }
-      if (tid < BM) {
-        ids[tid] = mine;
-        wts[tid] = (mine >= 0 && p.weights != nullptr) ? p.weights[mine] : 1.f;
-      }
+      if (tid < BM) ids[tid] = mine;
       if (!__syncthreads_or(mine >= 0)) continue;
+      // Routing weight: issued now, stored to shared memory once the operands are in flight.
+      const float wmine = mine >= 0 && p.weights != nullptr ? p.weights[mine] : 1.f;
 
       // B tile [BN x RP] (rows past N and ranks past rb zero-filled), in flight meanwhile.
       for (int c = tid; c < BN * (p.RP / 8); c += kThreads) {
@@ -98,22 +104,21 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
       }
       cp_async_commit();
 
-      // Output prefetch in the accumulator layout: its latency overlaps the weights and mma.
-      const int cw = warp * 32 + 2 * t4;  // this thread's first column inside the tile
-      uint32_t prev[MI][4][2];
-      if (p.add && p.vec) {
+      // Output tile into shared memory (16-byte cp.async, no registers held): its latency
+      // overlaps the weights and the partial sums. Rows without a route are never touched.
+      if (p.add) {
+        for (int c = tid; c < BM * (BN / 8); c += kThreads) {
+          const int row = c / (BN / 8), col = (c % (BN / 8)) * 8, id = ids[row];
+          if (id < 0 || n0 + col >= p.N) continue;
+          const T* src = out + static_cast<int64_t>(id) * p.out_row + col_base + col;
+          if (p.vec) {
+            cp_async16(os + row * LDO + col, src, true);
+          } else {
 #pragma unroll
-        for (int i = 0; i < MI; ++i)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int id = ids[i * 16 + g + 8 * h];
-            const T* row = out + static_cast<int64_t>(id) * p.out_row + col_base + cw;
-#pragma unroll
-            for (int n = 0; n < 4; ++n)
-              prev[i][n][h] = (id >= 0 && n0 + cw + n * 8 < p.N)
-                                  ? *reinterpret_cast<const uint32_t*>(row + n * 8)
-                                  : 0u;
+            for (int q = 0; q < 8; ++q) os[row * LDO + col + q] = src[q];
           }
+        }
+        cp_async_commit();
       }
 
       // A tile [BM x RP]: the rank vectors, rounded to T exactly once.
@@ -147,65 +152,66 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
           as[row * LDA + col] = (id >= 0 && col < p.r) ? src[col] : from_f32<T>(0.f);
         }
       }
+      if (tid < BM) wts[tid] = wmine;
       cp_async_wait<0>();
       __syncthreads();
 
-      float acc[MI][4][4];
+      // One 16-row fragment at a time (16 accumulators per thread: many CTAs per SM), its
+      // epilogue applied to the output tile in shared memory: out = round(out + w * d)
+      // (or round(w * d)).
+      const int cw = warp * 32 + 2 * t4;  // this thread's first column inside the tile
 #pragma unroll
-      for (int i = 0; i < MI; ++i)
+      for (int i = 0; i < MI; ++i) {
+        float acc[4][4];
 #pragma unroll
-        for (int n = 0; n < 4; ++n) acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.f;
-      for (int kb0 = 0; kb0 < p.RP; kb0 += 16) {
-        const int kb = kb0 + 2 * t4;
-        uint32_t bf[4][2];
-#pragma unroll
-        for (int n = 0; n < 4; ++n) {
-          const T* brow = bs + (warp * 32 + n * 8 + g) * LDA;
-          bf[n][0] = lds32(brow + kb);
-          bf[n][1] = lds32(brow + kb + 8);
-        }
-#pragma unroll
-        for (int i = 0; i < MI; ++i) {
-          const T* arow = as + (i * 16 + g) * LDA;
+        for (int n = 0; n < 4; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+        const T* arow = as + (i * 16 + g) * LDA;
+        for (int kb0 = 0; kb0 < p.RP; kb0 += 16) {
+          const int kb = kb0 + 2 * t4;
           uint32_t af[4];
           af[0] = lds32(arow + kb);
           af[1] = lds32(arow + 8 * LDA + kb);
           af[2] = lds32(arow + kb + 8);
           af[3] = lds32(arow + 8 * LDA + kb + 8);
 #pragma unroll
-          for (int n = 0; n < 4; ++n) MmaOp<T>::run(acc[i][n], af, bf[n]);
-        }
-      }
-
-      // Epilogue straight from the accumulators: out = round(out + w * d) (or round(w * d)).
-#pragma unroll
-      for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int row = i * 16 + g + 8 * h, id = ids[row];
-          if (id < 0) continue;
-          const float wt = wts[row];
-          T* dst = out + static_cast<int64_t>(id) * p.out_row + col_base + cw;
-#pragma unroll
           for (int n = 0; n < 4; ++n) {
-            if (n0 + cw + n * 8 >= p.N) continue;
-            const float d0 = acc[i][n][2 * h] * wt, d1 = acc[i][n][2 * h + 1] * wt;
-            T* q = dst + n * 8;
-            if (p.vec) {
-              float o0 = d0, o1 = d1;
-              if (p.add) {
-                const T* old = reinterpret_cast<const T*>(&prev[i][n][h]);
-                o0 += to_f32(old[0]);
-                o1 += to_f32(old[1]);
-              }
-              T pair[2] = {from_f32<T>(o0), from_f32<T>(o1)};
-              *reinterpret_cast<uint32_t*>(q) = *reinterpret_cast<const uint32_t*>(pair);
-            } else {
-              q[0] = from_f32<T>(p.add ? to_f32(q[0]) + d0 : d0);
-              q[1] = from_f32<T>(p.add ? to_f32(q[1]) + d1 : d1);
-            }
+            const T* brow = bs + (warp * 32 + n * 8 + g) * LDA;
+            const uint32_t bf[2] = {lds32(brow + kb), lds32(brow + kb + 8)};
+            MmaOp<T>::run(acc[n], af, bf);
           }
         }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = i * 16 + g + 8 * h;
+          if (ids[row] < 0) continue;
+          const float wt = wts[row];
+#pragma unroll
+          for (int n = 0; n < 4; ++n) {
+            T* q = os + row * LDO + cw + n * 8;
+            float o0 = acc[n][2 * h] * wt, o1 = acc[n][2 * h + 1] * wt;
+            if (p.add) {
+              o0 += to_f32(q[0]);
+              o1 += to_f32(q[1]);
+            }
+            T pair[2] = {from_f32<T>(o0), from_f32<T>(o1)};
+            *reinterpret_cast<uint32_t*>(q) = *reinterpret_cast<const uint32_t*>(pair);
+          }
+        }
+      }
+      __syncthreads();
+      // Coalesced stores of the finished tile: 16 bytes per thread, whole rows per warp.
+      for (int c = tid; c < BM * (BN / 8); c += kThreads) {
+        const int row = c / (BN / 8), col = (c % (BN / 8)) * 8, id = ids[row];
+        if (id < 0 || n0 + col >= p.N) continue;
+        T* dst = out + static_cast<int64_t>(id) * p.out_row + col_base + col;
+        const T* src = os + row * LDO + col;
+        if (p.vec) {
+          *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+        } else {
+#pragma unroll
+          for (int q = 0; q < 8; ++q) dst[q] = src[q];
+        }
+      }
     }
   }
 }

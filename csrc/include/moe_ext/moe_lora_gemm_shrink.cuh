@@ -81,6 +81,10 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
     const int ks = rest % p.ksplit, s0 = (rest / p.ksplit) * NS;
     const int l = find_slot(prefix, rt.L, wb);
     const int b = wb - prefix[l];
+    const int32_t* block_ids = rt.sorted_ids + static_cast<int64_t>(l) * rt.P +
+                               static_cast<int64_t>(b) * rt.BS;
+    // The first route ids load together with the block expert: one round trip, not two.
+    const int first = tid < BM && tid < rt.BS ? block_ids[tid] : -1;
     const int e = rt.block_experts[static_cast<int64_t>(l) * rt.NB + b];
     if (e < 0 || e >= rt.E) continue;
     const int k_begin = ks * p.kchunk;
@@ -91,14 +95,12 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
 #pragma unroll
     for (int j = 0; j < NS; ++j)
       a[j] = static_cast<const T*>(p.a[s0 + j]) + l * p.a_sl[s0 + j] + e * p.a_se[s0 + j];
-    const int32_t* block_ids = rt.sorted_ids + static_cast<int64_t>(l) * rt.P +
-                               static_cast<int64_t>(b) * rt.BS;
 
     for (int m0 = 0; m0 < rt.BS; m0 += BM) {
       __syncthreads();  // the previous tile is done with ids and the stages
       int mine = -1;
       if (tid < BM && m0 + tid < rt.BS) {
-        const int v = block_ids[m0 + tid];
+        const int v = m0 == 0 ? first : block_ids[m0 + tid];
         mine = (v >= 0 && v < rt.numel) ? v : -1;
       }
       if (tid < BM) ids[tid] = mine;
