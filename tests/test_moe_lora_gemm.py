@@ -242,6 +242,9 @@ GPU_PLAN_CASES = {
     "cluster_r64": dict(T=3, k=2, E=8, L=4, K=4096, N=520, r=64, block_size=16),
     "cluster_r24": dict(T=5, k=2, E=4, L=2, K=2056, N=136, r=24, block_size=16),
     "cluster_r128_bs32": dict(T=6, k=2, E=4, L=2, K=1536, N=256, r=128, block_size=32),
+    # >= 1024 routes with K split in 4 (fp32 partials summed by the expand)
+    "prefill_splitk": dict(T=256, k=4, E=4, L=2, K=1024, N=136, r=16, S=1, x_per_route=True,
+                           block_size=64),
 }
 
 
@@ -256,9 +259,10 @@ def test_cuda_plans(name, offset):
         got = run_fused(cg, mul, add, offset)
         assert torch.equal(got, run_fused(cg, mul, add, offset)), "runs must be bit-identical"
         check(c, got.cpu(), ref_fused(c, mul, add, offset), add, offset)
-    numel = c["x"].shape[0] * c["top_k"]
+    numel = c["output"].shape[0] * c["top_k"]
     r = c["lora_a"][0].shape[2]
-    inter = torch.full((2, numel, r), float("nan"), dtype=torch.bfloat16, device="cuda")
+    inter = torch.full((len(c["lora_a"]), numel, r), float("nan"), dtype=torch.bfloat16,
+                       device="cuda")
     align = (cg["sorted_token_ids"], cg["expert_ids"], cg["num_tokens_post_pad"])
     moe_ext.fused_moe_lora_shrink(inter, cg["x"], cg["lora_a"], *align, c["top_k"],
                                   cg["adapter_enabled"])
