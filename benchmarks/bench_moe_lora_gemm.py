@@ -17,6 +17,7 @@ import math
 import os
 import statistics
 import sys
+from types import SimpleNamespace
 
 import torch
 
@@ -75,7 +76,8 @@ def align(topk_ids, mapping, E, block_size):
     return [t.cuda() for t in out]
 
 
-def bench_case(preset, op, T, r, bw, gen, pools, baseline=True):
+def setup_case(preset, op, T, r, bw, gen, pools):
+    """Inputs of one case, its bytes floor and `call(i)`: fused_moe_lora on weight copy i."""
     H, inter_size, E, k = PRESETS[preset]
     S, K, N = (2, H, inter_size) if op == "gate_up" else (1, inter_size, H)
     numel = T * k
@@ -89,22 +91,33 @@ def bench_case(preset, op, T, r, bw, gen, pools, baseline=True):
     out = torch.randn(T, k, S * N, device="cuda", dtype=dtype)
     weights = torch.rand(T, k, device="cuda")
     floor_bytes = pairs * pair_bytes + x.numel() * 2 + 2 * out.numel() * 2
-    floor_us = floor_bytes / bw * 1e6
 
     a_pool, b_pool = pools
     copies = a_pool[0].shape[0]
     need = min(copies, max(2, math.ceil(COLD_BYTES / (pairs * pair_bytes)) + 1))
     mul = op == "down"
 
-    def ours(i):
+    def call(i):
         c = i % need
         moe_ext.fused_moe_lora(
             out, x, [a[c] for a in a_pool], [b[c] for b in b_pool], weights, sorted_ids,
             expert_ids, post_pad, k, mul, True, 0,
         )
 
-    us = graph_time_us(ours, calls=max(need, 20), replays=7 if T < 1024 else 5)
-    row = dict(preset=preset, op=op, T=T, rank=r, block_size=bs, pairs=pairs, us=us,
+    return SimpleNamespace(S=S, N=N, k=k, E=E, numel=numel, dtype=dtype, topk_ids=topk_ids,
+                           mapping=mapping, block_size=bs, pairs=pairs, x=x, out=out,
+                           weights=weights, floor_us=floor_bytes / bw * 1e6, need=need, mul=mul,
+                           call=call)
+
+
+def bench_case(preset, op, T, r, bw, gen, pools, baseline=True):
+    cs = setup_case(preset, op, T, r, bw, gen, pools)
+    S, N, k, E, numel, dtype = cs.S, cs.N, cs.k, cs.E, cs.numel, cs.dtype
+    topk_ids, mapping, x, out, weights = cs.topk_ids, cs.mapping, cs.x, cs.out, cs.weights
+    need, mul, floor_us = cs.need, cs.mul, cs.floor_us
+    a_pool, b_pool = pools
+    us = graph_time_us(cs.call, calls=max(need, 20), replays=7 if T < 1024 else 5)
+    row = dict(preset=preset, op=op, T=T, rank=r, block_size=cs.block_size, pairs=cs.pairs, us=us,
                floor_us=floor_us, floor_ratio=us / floor_us, weight_copies=need,
                torch_us=float("nan"), speedup_vs_torch=float("nan"))
     if not baseline:

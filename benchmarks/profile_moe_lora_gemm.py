@@ -7,13 +7,10 @@ Shows where a case spends its time (e.g. shrink vs expand), next to the bytes fl
 
 import argparse
 import collections
-import math
 
 import torch
-from bench_moe_lora_gemm import COLD_BYTES, PRESETS, align, make_pools, routing
+from bench_moe_lora_gemm import make_pools, setup_case
 
-import moe_ext
-from moe_ext.layer import choose_block_size
 from moe_ext.timing import copy_bandwidth_gbps
 
 DEFAULT_CASES = ",".join(
@@ -26,24 +23,8 @@ DEFAULT_CASES = ",".join(
 
 
 def profile_case(preset, op, T, r, bw, gen, calls=40):
-    H, inter_size, E, k = PRESETS[preset]
-    S, K, N = (2, H, inter_size) if op == "gate_up" else (1, inter_size, H)
-    numel = T * k
-    topk_ids, mapping = routing(T, k, E, gen)
-    sorted_ids, expert_ids, post_pad = align(topk_ids, mapping, E, choose_block_size(numel, E, 4))
-    pairs = len({(int(mapping[t]), int(e)) for t in range(T) for e in topk_ids[t].tolist()})
-    pair_bytes = S * (r * K + N * r) * 2
-    x = torch.randn(T if op == "gate_up" else numel, K, device="cuda", dtype=torch.bfloat16)
-    out = torch.randn(T, k, S * N, device="cuda", dtype=torch.bfloat16)
-    weights = torch.rand(T, k, device="cuda")
-    floor_us = (pairs * pair_bytes + x.numel() * 2 + 4 * out.numel()) / bw * 1e6
-    a_pool, b_pool = make_pools(preset, op, r)
-    need = min(a_pool[0].shape[0], max(2, math.ceil(COLD_BYTES / (pairs * pair_bytes)) + 1))
-
-    def call(i):
-        c = i % need
-        moe_ext.fused_moe_lora(out, x, [a[c] for a in a_pool], [b[c] for b in b_pool], weights,
-                               sorted_ids, expert_ids, post_pad, k, op == "down", True, 0)
+    cs = setup_case(preset, op, T, r, bw, gen, make_pools(preset, op, r))
+    call, need, floor_us = cs.call, cs.need, cs.floor_us
 
     for i in range(need):
         call(i)

@@ -54,28 +54,33 @@ void zero_unless_add(const MoeLoraGemmDims& d, const at::Tensor& output, bool ad
   out2.narrow(1, d.offset, d.S * d.N).zero_();
 }
 
-lg::Routing make_routing(const MoeLoraGemmDims& d, const at::Tensor& sorted_token_ids,
-                         const at::Tensor& expert_ids, const at::Tensor& num_tokens_post_pad,
-                         const at::Tensor& enabled) {
+// The alignment as the kernels read it, with the int32 adapter mask it points at (owned here,
+// so it lives as long as the view).
+struct DeviceRouting {
+  lg::Routing rt;
+  at::Tensor enabled;
+};
+
+DeviceRouting make_routing(const MoeLoraGemmDims& d, const at::Tensor& sorted_token_ids,
+                           const at::Tensor& expert_ids, const at::Tensor& num_tokens_post_pad,
+                           const std::optional<at::Tensor>& adapter_enabled) {
   TORCH_CHECK(d.numel < (int64_t{1} << 31) && d.L * d.P < (int64_t{1} << 31),
               "too many routes for int32 route ids: ", d.numel);
-  lg::Routing rt{};
+  DeviceRouting r;
+  if (adapter_enabled.has_value())
+    r.enabled = adapter_enabled->narrow(0, 0, d.L).to(at::kInt).contiguous();
+  lg::Routing& rt = r.rt;
   rt.sorted_ids = sorted_token_ids.data_ptr<int32_t>();
   rt.block_experts = expert_ids.data_ptr<int32_t>();
   rt.post_pad = num_tokens_post_pad.data_ptr<int32_t>();
-  rt.enabled = enabled.defined() ? enabled.data_ptr<int32_t>() : nullptr;
+  rt.enabled = r.enabled.defined() ? r.enabled.data_ptr<int32_t>() : nullptr;
   rt.L = static_cast<int>(d.L);
   rt.P = static_cast<int>(d.P);
   rt.NB = static_cast<int>(d.NB);
   rt.BS = static_cast<int>(d.BS);
   rt.E = static_cast<int>(d.E);
   rt.numel = static_cast<int>(d.numel);
-  return rt;
-}
-
-at::Tensor enabled_int(const std::optional<at::Tensor>& adapter_enabled, int64_t L) {
-  if (!adapter_enabled.has_value()) return at::Tensor();
-  return adapter_enabled->narrow(0, 0, L).to(at::kInt).contiguous();
+  return r;
 }
 
 void check_cuda_dtype(at::ScalarType t) {
@@ -196,9 +201,9 @@ void fused_moe_lora_cuda(const at::Tensor& output, const at::Tensor& x,
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int sms = num_sms(x);
-  const at::Tensor enabled = enabled_int(adapter_enabled, d.L);
-  const lg::Routing rt =
-      make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, enabled);
+  const DeviceRouting routing =
+      make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, adapter_enabled);
+  const lg::Routing& rt = routing.rt;
   zero_unless_add(d, output, add_inputs);
   // Everything the expand needs besides the partials is prepared before the shrink launch, so
   // that the expand is the very next kernel on the stream.
@@ -220,9 +225,9 @@ void fused_moe_lora_shrink_cuda(const at::Tensor& intermediate, const at::Tensor
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int sms = num_sms(x);
-  const at::Tensor enabled = enabled_int(adapter_enabled, d.L);
-  const lg::Routing rt =
-      make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, enabled);
+  const DeviceRouting routing =
+      make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, adapter_enabled);
+  const lg::Routing& rt = routing.rt;
   const auto [partial, ksplit] = run_shrink(d, rt, x, lora_a, sms, stream);
   if (ksplit == 1) {  // already rounded: keep the first r of the RP columns
     const int64_t rp = lg::padded_rank(static_cast<int>(d.r));
@@ -257,9 +262,9 @@ void fused_moe_lora_expand_cuda(const at::Tensor& output, const at::Tensor& inte
   check_cuda_dtype(intermediate.scalar_type());
   const c10::cuda::CUDAGuard guard(intermediate.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor enabled = enabled_int(adapter_enabled, d.L);
-  const lg::Routing rt =
-      make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, enabled);
+  const DeviceRouting routing =
+      make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, adapter_enabled);
+  const lg::Routing& rt = routing.rt;
   zero_unless_add(d, output, add_inputs);
   run_expand(d, rt, at::Tensor(), 1, intermediate, expand_ready_all(lora_b),
              float_weights(topk_weights, mul_routed_weight), add_inputs, output,

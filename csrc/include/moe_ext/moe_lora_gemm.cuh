@@ -21,7 +21,7 @@ namespace lora_gemm {
 inline int padded_rank(int r) { return r <= 16 ? 16 : r <= 32 ? 32 : r <= 64 ? 64 : 128; }
 // Shrink stage depth along K: 64 for ranks above 32, and for 64-row tiles shared by the gate and
 // up slices (half the shared memory: more CTAs per SM hide the gathered x rows); else 128.
-inline int shrink_bk(int rp, int bs, int ns) {
+constexpr int shrink_bk(int rp, int bs, int ns) {
   return rp <= 32 && (bs <= 32 || ns == 1) ? 128 : 64;
 }
 // Slices one shrink CTA handles: at prefill sizes two slices (gate/up) share one x tile (up to
@@ -102,7 +102,7 @@ cudaError_t launch_with_smem(Kernel kernel, int grid, int smem, cudaStream_t str
 
 template <typename T, int RP, int WM, int NS>
 cudaError_t launch_shrink_ns(const ShrinkArgs& a, int grid, cudaStream_t stream) {
-  constexpr int BK = RP <= 32 && (WM <= 2 || NS == 1) ? 128 : 64;  // shrink_bk(RP, BS, NS)
+  constexpr int BK = shrink_bk(RP, 16 * WM, NS);  // rows of the tile: the block size rounded up
   constexpr int STAGES = 3;
   using Tile = ShrinkTile<T, RP, WM, BK, STAGES, NS>;
   return launch_with_smem(moe_lora_shrink_kernel<T, RP, WM, BK, STAGES, NS>, grid, Tile::kSmem,

@@ -75,6 +75,25 @@ __device__ __forceinline__ int find_slot(const int* prefix, int L, int wb) {
   return lo;
 }
 
+// Work block wb of the compact list: slot l, block b of the slot, its expert e (untrusted) and
+// route ids. The first `rows` ids (one per thread) load together with the expert: one round
+// trip, not two.
+struct WorkBlock {
+  int l, b, e, first;
+  const int32_t* ids;
+};
+__device__ __forceinline__ WorkBlock locate_block(const Routing& rt, const int* prefix, int wb,
+                                                  int rows) {
+  WorkBlock k;
+  k.l = find_slot(prefix, rt.L, wb);
+  k.b = wb - prefix[k.l];
+  k.ids = rt.sorted_ids + static_cast<int64_t>(k.l) * rt.P + static_cast<int64_t>(k.b) * rt.BS;
+  const int tid = threadIdx.x;
+  k.first = tid < rows && tid < rt.BS ? k.ids[tid] : -1;
+  k.e = rt.block_experts[static_cast<int64_t>(k.l) * rt.NB + k.b];
+  return k;
+}
+
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   const int n = pred ? 16 : 0;  // 0 bytes read: the 16 destination bytes are zero-filled

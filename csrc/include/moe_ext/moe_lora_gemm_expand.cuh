@@ -72,13 +72,9 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
   for (int w = blockIdx.x; w < total; w += gridDim.x) {
     const int wb = w % nblk, rest = w / nblk;
     const int nt = rest % p.ntiles, s = rest / p.ntiles;
-    const int l = find_slot(prefix, rt.L, wb);
-    const int b = wb - prefix[l];
-    const int32_t* block_ids = rt.sorted_ids + static_cast<int64_t>(l) * rt.P +
-                               static_cast<int64_t>(b) * rt.BS;
-    // The first route ids load together with the block expert: one round trip, not two.
-    const int first = tid < BM && tid < rt.BS ? block_ids[tid] : -1;
-    const int e = rt.block_experts[static_cast<int64_t>(l) * rt.NB + b];
+    const WorkBlock blk = locate_block(rt, prefix, wb, BM);
+    const int l = blk.l, e = blk.e, first = blk.first;
+    const int32_t* block_ids = blk.ids;
     if (e < 0 || e >= rt.E) continue;
     const int n0 = nt * BN;
     const T* bw = static_cast<const T*>(p.b[s]) + l * p.b_sl[s] + e * p.b_se[s];
@@ -232,16 +228,13 @@ __global__ void __launch_bounds__(kThreads) moe_lora_reduce_kernel(const Routing
   const int nblk = build_work_prefix(rt, prefix, scratch);
   for (int w = blockIdx.x; w < nblk * S; w += gridDim.x) {
     const int wb = w % nblk, s = w / nblk;
-    const int l = find_slot(prefix, rt.L, wb);
-    const int b = wb - prefix[l];
-    const int e = rt.block_experts[static_cast<int64_t>(l) * rt.NB + b];
-    if (e < 0 || e >= rt.E) continue;
-    const int32_t* block_ids = rt.sorted_ids + static_cast<int64_t>(l) * rt.P +
-                               static_cast<int64_t>(b) * rt.BS;
+    const WorkBlock blk = locate_block(rt, prefix, wb, BM);
+    if (blk.e < 0 || blk.e >= rt.E) continue;
     for (int m0 = 0; m0 < rt.BS; m0 += BM) {
       __syncthreads();
       if (threadIdx.x < BM) {
-        const int v = m0 + threadIdx.x < rt.BS ? block_ids[m0 + threadIdx.x] : -1;
+        const int v = m0 == 0 ? blk.first
+                              : (m0 + threadIdx.x < rt.BS ? blk.ids[m0 + threadIdx.x] : -1);
         ids[threadIdx.x] = (v >= 0 && v < rt.numel) ? v : -1;
       }
       __syncthreads();

@@ -79,13 +79,9 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
   for (int w = blockIdx.x; w < total; w += gridDim.x) {
     const int wb = w % nblk, rest = w / nblk;
     const int ks = rest % p.ksplit, s0 = (rest / p.ksplit) * NS;
-    const int l = find_slot(prefix, rt.L, wb);
-    const int b = wb - prefix[l];
-    const int32_t* block_ids = rt.sorted_ids + static_cast<int64_t>(l) * rt.P +
-                               static_cast<int64_t>(b) * rt.BS;
-    // The first route ids load together with the block expert: one round trip, not two.
-    const int first = tid < BM && tid < rt.BS ? block_ids[tid] : -1;
-    const int e = rt.block_experts[static_cast<int64_t>(l) * rt.NB + b];
+    const WorkBlock blk = locate_block(rt, prefix, wb, BM);
+    const int l = blk.l, e = blk.e, first = blk.first;
+    const int32_t* block_ids = blk.ids;
     if (e < 0 || e >= rt.E) continue;
     const int k_begin = ks * p.kchunk;
     const int k_end = min(p.K, k_begin + p.kchunk);
