@@ -245,6 +245,12 @@ GPU_PLAN_CASES = {
     # >= 1024 routes with K split in 4 (fp32 partials summed by the expand)
     "prefill_splitk": dict(T=256, k=4, E=4, L=2, K=1024, N=136, r=16, S=1, x_per_route=True,
                            block_size=64),
+    # decode-size expand items spanning 4 / 2 adjacent column tiles (132-SM GPUs), the last
+    # span partly past N
+    "decode_span4": dict(T=16, k=8, E=128, L=4, K=256, N=2000, r=16, S=1, x_per_route=True,
+                         block_size=16),
+    "decode_span2_r64": dict(T=16, k=8, E=64, L=4, K=128, N=520, r=64, block_size=16),
+    "decode_span2_bs32": dict(T=64, k=4, E=8, L=2, K=128, N=600, r=40, block_size=32),
 }
 
 

@@ -177,11 +177,14 @@ void run_expand(const MoeLoraGemmDims& d, const lg::Routing& rt, const at::Tenso
   args.col0 = static_cast<int>(d.offset);
   args.add = add_inputs;
   args.vec = aligned16(output) && d.offset % 8 == 0 && out2.stride(0) % 8 == 0;
-  const int grid = lg::expand_grid(d.numel, rt.L, rt.NB, rt.BS, rt.E, args.S, args.ntiles, sms);
-  const cudaError_t err = output.scalar_type() == at::kHalf
-                              ? lg::launch_moe_lora_expand<__half>(args, grid, dependent, stream)
-                              : lg::launch_moe_lora_expand<__nv_bfloat16>(args, grid, dependent,
-                                                                           stream);
+  const int span =
+      lg::expand_span(d.numel, rt.L, rt.NB, rt.BS, rt.E, args.S, args.r, args.ntiles, sms);
+  const int grid =
+      lg::expand_grid(d.numel, rt.L, rt.NB, rt.BS, rt.E, args.S, args.ntiles, span, sms);
+  const cudaError_t err =
+      output.scalar_type() == at::kHalf
+          ? lg::launch_moe_lora_expand<__half>(args, span, grid, dependent, stream)
+          : lg::launch_moe_lora_expand<__nv_bfloat16>(args, span, grid, dependent, stream);
   MOE_EXT_CHECK_CUDA_LAUNCH(err);
 }
 

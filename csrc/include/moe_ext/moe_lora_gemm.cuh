@@ -67,11 +67,27 @@ inline ShrinkPlan plan_shrink(int64_t numel, int L, int NB, int BS, int E, int S
   return {ksplit, kchunk, static_cast<int>(std::max<int64_t>(1, grid))};
 }
 
+// Adjacent 128-column tiles per expand work item. With blocks of 16 or 32 rows (a route or two
+// each at decode sizes) two tiles share one block lookup and one partial sum and their weights
+// arrive together, wherever that leaves an item per SM; four tiles for ranks <= 32 where the
+// grid is not full anyway (>= 4 items per SM, at most 16 CTAs' worth at two tiles). Blocks of
+// 64+ rows keep one tile: shared memory per CTA stays small. (H100: decode sizes 10-20 %
+// faster than one tile per item; rank 64 with four tiles was slower than two.)
+inline int expand_span(int64_t numel, int L, int NB, int BS, int E, int S, int r, int ntiles,
+                       int num_sms) {
+  const int64_t rows = max_real_blocks(numel, L, NB, BS, E) * S;
+  const int64_t items2 = rows * ((ntiles + 1) / 2), items4 = rows * ((ntiles + 3) / 4);
+  if (BS > 32 || items2 < num_sms) return 1;
+  if (BS <= 16 && padded_rank(r) <= 32 && items4 >= 4LL * num_sms && items2 <= 16LL * num_sms)
+    return 4;
+  return 2;
+}
+
 // Up to 16 CTAs per SM (the expand holds 16 accumulators per thread): at decode sizes each CTA
 // then walks half as many (block, tile) items one after the other.
-inline int expand_grid(int64_t numel, int L, int NB, int BS, int E, int S, int ntiles,
+inline int expand_grid(int64_t numel, int L, int NB, int BS, int E, int S, int ntiles, int span,
                        int num_sms) {
-  const int64_t items = max_real_blocks(numel, L, NB, BS, E) * S * ntiles;
+  const int64_t items = max_real_blocks(numel, L, NB, BS, E) * S * ((ntiles + span - 1) / span);
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(items, 16LL * num_sms)));
 }
 
@@ -135,19 +151,29 @@ cudaError_t launch_moe_lora_shrink(const ShrinkArgs& a, int grid, cudaStream_t s
   }
 }
 
-// dependent: launched right behind the shrink (programmatic dependent launch).
-template <typename T>
-cudaError_t launch_moe_lora_expand(const ExpandArgs& a, int grid, bool dependent,
-                                   cudaStream_t stream) {
-  const int bs = a.rt.BS, e = static_cast<int>(sizeof(T));
-  if (bs <= 16)
-    return launch_with_smem(moe_lora_expand_kernel<T, 1>, grid, ExpandTile<1>::smem(a.RP, a.G, e),
-                            stream, &a, dependent);
-  if (bs <= 32)
-    return launch_with_smem(moe_lora_expand_kernel<T, 2>, grid, ExpandTile<2>::smem(a.RP, a.G, e),
-                            stream, &a, dependent);
-  return launch_with_smem(moe_lora_expand_kernel<T, 4>, grid, ExpandTile<4>::smem(a.RP, a.G, e),
+template <typename T, int MI, int SPAN>
+cudaError_t launch_expand_span(const ExpandArgs& a, int grid, bool dependent,
+                               cudaStream_t stream) {
+  return launch_with_smem(moe_lora_expand_kernel<T, MI, SPAN>, grid,
+                          ExpandTile<MI, SPAN>::smem(a.RP, a.G, static_cast<int>(sizeof(T))),
                           stream, &a, dependent);
+}
+
+// span: from expand_span; dependent: launched right behind the shrink (programmatic dependent
+// launch).
+template <typename T>
+cudaError_t launch_moe_lora_expand(const ExpandArgs& a, int span, int grid, bool dependent,
+                                   cudaStream_t stream) {
+  if (a.rt.BS <= 16) {
+    if (span >= 4) return launch_expand_span<T, 1, 4>(a, grid, dependent, stream);
+    if (span == 2) return launch_expand_span<T, 1, 2>(a, grid, dependent, stream);
+    return launch_expand_span<T, 1, 1>(a, grid, dependent, stream);
+  }
+  if (a.rt.BS <= 32) {
+    if (span >= 2) return launch_expand_span<T, 2, 2>(a, grid, dependent, stream);
+    return launch_expand_span<T, 2, 1>(a, grid, dependent, stream);
+  }
+  return launch_expand_span<T, 4, 1>(a, grid, dependent, stream);
 }
 
 template <typename T, int MI>

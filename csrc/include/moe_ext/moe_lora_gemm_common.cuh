@@ -199,9 +199,22 @@ struct MmaOp<__half> {
   }
 };
 
-template <typename T>
-__device__ __forceinline__ uint32_t lds32(const T* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
+// Four 8x8 b16 matrices from shared memory, one 16-byte row address per lane (lanes 8j..8j+7
+// give the rows of matrix j): a whole m16k16 A fragment, or the B fragments of two n8 blocks,
+// in one instruction.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* smem_row) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+// This lane's row address inside a [16][ld] tile for ldmatrix_x4: as an A fragment (rows 0-15,
+// k halves 0/8) or as the B fragments of n blocks 0-7 and 8-15 (k halves 0/8).
+__device__ __forceinline__ int a_frag_offset(int lane, int ld) {
+  return (lane & 15) * ld + (lane >> 4) * 8;
+}
+__device__ __forceinline__ int b_frag_offset(int lane, int ld) {
+  return ((lane & 7) + ((lane >> 4) << 3)) * ld + ((lane >> 3) & 1) * 8;
 }
 
 template <typename T>

@@ -21,7 +21,7 @@ struct ExpandArgs {
   int RP, r, rb;         // padded k extent (multiple of 16), rank, columns of lora_b to read
   const void* b[kMaxSlices];  // lora_b[s]: [L, E, N, rb'] with unit stride on the rank
   int64_t b_sl[kMaxSlices], b_se[kMaxSlices], b_sn[kMaxSlices];
-  int S, N, ntiles;
+  int S, N, ntiles;      // ntiles: 128-column tiles of N
   const float* weights;  // [numel] routing weights, or nullptr (no multiply)
   void* out;             // element (route i, column c) at i * out_row + c
   int64_t out_row;
@@ -31,35 +31,36 @@ struct ExpandArgs {
 
 constexpr int kExpandBN = 128;
 
-template <int MI>
+// Work item: BM = 16*MI routes x BW = SPAN adjacent 128-column tiles of one slice.
+template <int MI, int SPAN = 1>
 struct ExpandTile {
-  static constexpr int BM = 16 * MI;
+  static constexpr int BM = 16 * MI, BW = SPAN * kExpandBN;
+  static constexpr int LDO = BW + 8;  // output tile row: +16 bytes, no bank conflicts
   static constexpr int kHead = 4 * (kMaxLoras + 1) + 4 * 4 + 4 * BM + 4 * BM;
   static constexpr int kHeadAligned = (kHead + 127) / 128 * 128;
-  static constexpr int LDO = kExpandBN + 8;  // output tile row: +16 bytes, no bank conflicts
-  // Operands [BM + BN][RP + 8] and the output tile [BM][LDO] in T, then the chunk-group
+  // Operands [BM + BW][RP + 8] and the output tile [BM][LDO] in T, then the chunk-group
   // scratch [G][BM][RP] fp32.
   static int smem(int RP, int G, int elem) {
-    return kHeadAligned + ((BM + kExpandBN) * (RP + 8) + BM * LDO) * elem +
+    return kHeadAligned + ((BM + BW) * (RP + 8) + BM * LDO) * elem +
            (G > 1 ? G * BM * RP * 4 : 0);
   }
 };
 
-template <typename T, int MI>
+template <typename T, int MI, int SPAN>
 __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandArgs p) {
-  using Tile = ExpandTile<MI>;
-  constexpr int BM = Tile::BM, BN = kExpandBN;
+  using Tile = ExpandTile<MI, SPAN>;
+  constexpr int BM = Tile::BM, BN = kExpandBN, BW = Tile::BW, LDO = Tile::LDO;
   extern __shared__ __align__(128) unsigned char smem[];
   int* prefix = reinterpret_cast<int*>(smem);
   int* scratch = prefix + kMaxLoras + 1;
   int* ids = scratch + 4;
   float* wts = reinterpret_cast<float*>(ids + BM);
   const int LDA = p.RP + 8;  // +16 bytes per row: conflict-free fragment loads
+  const int rc_shift = __ffs(p.RP) - 4;  // log2 of the 16-byte chunks per operand row (RP / 8)
   T* as = reinterpret_cast<T*>(smem + Tile::kHeadAligned);  // [BM][LDA]
-  T* bs = as + BM * LDA;                                      // [BN][LDA]
-  T* os = bs + BN * LDA;                                      // [BM][LDO] output tile
-  float* red = reinterpret_cast<float*>(os + BM * Tile::LDO);
-  constexpr int LDO = Tile::LDO;
+  T* bs = as + BM * LDA;                                      // [BW][LDA]
+  T* os = bs + BW * LDA;                                      // [BM][LDO] output tile
+  float* red = reinterpret_cast<float*>(os + BM * LDO);
 
   const Routing& rt = p.rt;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -68,10 +69,11 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
   bool waited = false;
 
   const int nblk = build_work_prefix(rt, prefix, scratch);
-  const int total = nblk * p.S * p.ntiles;
+  const int spans = (p.ntiles + SPAN - 1) / SPAN;
+  const int total = nblk * p.S * spans;
   for (int w = blockIdx.x; w < total; w += gridDim.x) {
     const int wb = w % nblk, rest = w / nblk;
-    const int nt = rest % p.ntiles, s = rest / p.ntiles;
+    const int nt = (rest % spans) * SPAN, s = rest / spans;
     const WorkBlock blk = locate_block(rt, prefix, wb, BM);
     const int l = blk.l, e = blk.e, first = blk.first;
     const int32_t* block_ids = blk.ids;
@@ -92,9 +94,11 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
       // Routing weight: issued now, stored to shared memory once the operands are in flight.
       const float wmine = mine >= 0 && p.weights != nullptr ? p.weights[mine] : 1.f;
 
-      // B tile [BN x RP] (rows past N and ranks past rb zero-filled), in flight meanwhile.
-      for (int c = tid; c < BN * (p.RP / 8); c += kThreads) {
-        const int row = c / (p.RP / 8), col = (c % (p.RP / 8)) * 8;
+      // B tile [BW x RP] (rows past N in a live tile and ranks past rb zero-filled), in flight
+      // meanwhile.
+      const int b_rows = min(BW, (p.N - n0 + BN - 1) / BN * BN);
+      for (int c = tid; c < (b_rows << rc_shift); c += kThreads) {
+        const int row = c >> rc_shift, col = (c & ((1 << rc_shift) - 1)) * 8;
         const bool ok = n0 + row < p.N && col < p.rb;
         cp_async16(bs + row * LDA + col, ok ? bw + (n0 + row) * p.b_sn[s] + col : bw, ok);
       }
@@ -103,8 +107,8 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
       // Output tile into shared memory (16-byte cp.async, no registers held): its latency
       // overlaps the weights and the partial sums. Rows without a route are never touched.
       if (p.add) {
-        for (int c = tid; c < BM * (BN / 8); c += kThreads) {
-          const int row = c / (BN / 8), col = (c % (BN / 8)) * 8, id = ids[row];
+        for (int c = tid; c < BM * (BW / 8); c += kThreads) {
+          const int row = c / (BW / 8), col = (c % (BW / 8)) * 8, id = ids[row];
           if (id < 0 || n0 + col >= p.N) continue;
           const T* src = out + static_cast<int64_t>(id) * p.out_row + col_base + col;
           if (p.vec) {
@@ -133,8 +137,8 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
                             });
       } else if (p.inter_vec) {
         const T* inter = static_cast<const T*>(p.inter);
-        for (int c = tid; c < BM * (p.RP / 8); c += kThreads) {
-          const int row = c / (p.RP / 8), col = (c % (p.RP / 8)) * 8, id = ids[row];
+        for (int c = tid; c < (BM << rc_shift); c += kThreads) {
+          const int row = c >> rc_shift, col = (c & ((1 << rc_shift) - 1)) * 8, id = ids[row];
           const bool ok = id >= 0 && col < p.r;
           const T* src = inter + (static_cast<int64_t>(s) * rt.numel + id) * p.inter_ld + col;
           cp_async16(as + row * LDA + col, ok ? src : inter, ok);
@@ -152,52 +156,52 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
       cp_async_wait<0>();
       __syncthreads();
 
-      // One 16-row fragment at a time (16 accumulators per thread: many CTAs per SM), its
-      // epilogue applied to the output tile in shared memory: out = round(out + w * d)
-      // (or round(w * d)).
-      const int cw = warp * 32 + 2 * t4;  // this thread's first column inside the tile
+      // One 16-row fragment of one 128-column tile at a time (16 accumulators per thread: many
+      // CTAs per SM), its epilogue applied to the output tile in shared memory:
+      // out = round(out + w * d) (or round(w * d)).
+      const int a_lane = a_frag_offset(lane, LDA), b_lane = b_frag_offset(lane, LDA);
+      for (int tile = 0; tile < SPAN && n0 + tile * BN < p.N; ++tile) {
+        const int cw = tile * BN + warp * 32 + 2 * t4;  // this thread's first column
+        const T* bt = bs + (tile * BN + warp * 32) * LDA + b_lane;
 #pragma unroll
-      for (int i = 0; i < MI; ++i) {
-        float acc[4][4];
+        for (int i = 0; i < MI; ++i) {
+          float acc[4][4];
 #pragma unroll
-        for (int n = 0; n < 4; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-        const T* arow = as + (i * 16 + g) * LDA;
-        for (int kb0 = 0; kb0 < p.RP; kb0 += 16) {
-          const int kb = kb0 + 2 * t4;
-          uint32_t af[4];
-          af[0] = lds32(arow + kb);
-          af[1] = lds32(arow + 8 * LDA + kb);
-          af[2] = lds32(arow + kb + 8);
-          af[3] = lds32(arow + 8 * LDA + kb + 8);
+          for (int n = 0; n < 4; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+          const T* at = as + i * 16 * LDA + a_lane;
+          for (int kb = 0; kb < p.RP; kb += 16) {
+            uint32_t af[4], bf[4];
+            ldmatrix_x4(af, at + kb);
 #pragma unroll
-          for (int n = 0; n < 4; ++n) {
-            const T* brow = bs + (warp * 32 + n * 8 + g) * LDA;
-            const uint32_t bf[2] = {lds32(brow + kb), lds32(brow + kb + 8)};
-            MmaOp<T>::run(acc[n], af, bf);
-          }
-        }
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int row = i * 16 + g + 8 * h;
-          if (ids[row] < 0) continue;
-          const float wt = wts[row];
-#pragma unroll
-          for (int n = 0; n < 4; ++n) {
-            T* q = os + row * LDO + cw + n * 8;
-            float o0 = acc[n][2 * h] * wt, o1 = acc[n][2 * h + 1] * wt;
-            if (p.add) {
-              o0 += to_f32(q[0]);
-              o1 += to_f32(q[1]);
+            for (int n = 0; n < 4; n += 2) {
+              ldmatrix_x4(bf, bt + n * 8 * LDA + kb);
+              MmaOp<T>::run(acc[n], af, bf);
+              MmaOp<T>::run(acc[n + 1], af, bf + 2);
             }
-            T pair[2] = {from_f32<T>(o0), from_f32<T>(o1)};
-            *reinterpret_cast<uint32_t*>(q) = *reinterpret_cast<const uint32_t*>(pair);
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int row = i * 16 + g + 8 * h;
+            if (ids[row] < 0) continue;
+            const float wt = wts[row];
+#pragma unroll
+            for (int n = 0; n < 4; ++n) {
+              T* o = os + row * LDO + cw + n * 8;
+              float o0 = acc[n][2 * h] * wt, o1 = acc[n][2 * h + 1] * wt;
+              if (p.add) {
+                o0 += to_f32(o[0]);
+                o1 += to_f32(o[1]);
+              }
+              T pair[2] = {from_f32<T>(o0), from_f32<T>(o1)};
+              *reinterpret_cast<uint32_t*>(o) = *reinterpret_cast<const uint32_t*>(pair);
+            }
           }
         }
       }
       __syncthreads();
       // Coalesced stores of the finished tile: 16 bytes per thread, whole rows per warp.
-      for (int c = tid; c < BM * (BN / 8); c += kThreads) {
-        const int row = c / (BN / 8), col = (c % (BN / 8)) * 8, id = ids[row];
+      for (int c = tid; c < BM * (BW / 8); c += kThreads) {
+        const int row = c / (BW / 8), col = (c % (BW / 8)) * 8, id = ids[row];
         if (id < 0 || n0 + col >= p.N) continue;
         T* dst = out + static_cast<int64_t>(id) * p.out_row + col_base + col;
         const T* src = os + row * LDO + col;

@@ -31,11 +31,20 @@ struct ShrinkTile {
   static constexpr int BM = 16 * WM;
   static constexpr int WK = 4 / WM;
   static constexpr int LD = BK + 8;  // +16 bytes per row: conflict-free fragment loads
+  static constexpr int XC = BK / 8;  // 16-byte chunks per row and stage
+  static constexpr int X_PER_THREAD = BM * XC / kThreads;
+  static constexpr int A_PER_THREAD = RP * XC / kThreads;  // per slice
+  static_assert(BM * XC % kThreads == 0 && RP * XC % kThreads == 0, "whole chunks per thread");
   static constexpr int kPipeBytes = STAGES * (BM + NS * RP) * LD * 2;
   static constexpr int kRedBytes = WK > 1 ? NS * WK * BM * RP * 4 : 0;
-  static constexpr int kHead = 4 * (kMaxLoras + 1) + 4 * 4 + 4 * BM;  // prefix, scratch, ids
+  // x row pointers, work prefix, scan scratch, ids
+  static constexpr int kHead = 8 * BM + 4 * (kMaxLoras + 1) + 4 * 4 + 4 * BM;
   static constexpr int kHeadAligned = (kHead + 127) / 128 * 128;
   static constexpr int kSmem = kHeadAligned + (kPipeBytes > kRedBytes ? kPipeBytes : kRedBytes);
+  // CTAs per SM that shared memory allows (227 KB, 1 KB reserved per CTA): registers are
+  // capped to match, so they never are the tighter limit.
+  static constexpr int kFit = (227 << 10) / (kSmem + 1024);
+  static constexpr int kMinBlocks = kFit < 1 ? 1 : kFit > 8 ? 8 : kFit;
 };
 
 // Two adjacent ranks of route id: fp32 partials, or (single K chunk) the rounded T values.
@@ -53,11 +62,13 @@ __device__ __forceinline__ void store_pair(const ShrinkArgs& p, float* partial_s
 }
 
 template <typename T, int RP, int WM, int BK, int STAGES, int NS>
-__global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkArgs p) {
+__global__ void __launch_bounds__(kThreads, (ShrinkTile<T, RP, WM, BK, STAGES, NS>::kMinBlocks))
+    moe_lora_shrink_kernel(const ShrinkArgs p) {
   using Tile = ShrinkTile<T, RP, WM, BK, STAGES, NS>;
-  constexpr int BM = Tile::BM, WK = Tile::WK, LD = Tile::LD, NF = RP / 8;
+  constexpr int BM = Tile::BM, WK = Tile::WK, LD = Tile::LD, NF = RP / 8, XC = Tile::XC;
   extern __shared__ __align__(128) unsigned char smem[];
-  int* prefix = reinterpret_cast<int*>(smem);
+  const T** xrows = reinterpret_cast<const T**>(smem);  // [BM] x row of each route, or nullptr
+  int* prefix = reinterpret_cast<int*>(xrows + BM);
   int* scratch = prefix + kMaxLoras + 1;
   int* ids = scratch + 4;
   T* xs = reinterpret_cast<T*>(smem + Tile::kHeadAligned);  // [STAGES][BM][LD]
@@ -69,6 +80,9 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
   const int g = lane >> 2, t4 = lane & 3;
   const int wm = warp % WM, wk = warp / WM;
   const T* x = static_cast<const T*>(p.x);
+  // Each thread copies the same 16-byte column of its rows at every stage: row = chunk / XC.
+  const int ccol = (tid % XC) * 8, crow = tid / XC;
+  constexpr int kRowStep = kThreads / XC;
 
   pdl_launch_dependents();  // the expand grid may start prefetching now
   const int nblk = build_work_prefix(rt, prefix, scratch);
@@ -87,40 +101,48 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
     const int k_end = min(p.K, k_begin + p.kchunk);
     if (k_begin >= k_end) continue;
     const int nk = (k_end - k_begin + BK - 1) / BK;
-    const T* a[NS];
+    // This thread's first lora_a row of each slice (rows crow + i * kRowStep), at its column.
+    const T* a_row[NS];
 #pragma unroll
     for (int j = 0; j < NS; ++j)
-      a[j] = static_cast<const T*>(p.a[s0 + j]) + l * p.a_sl[s0 + j] + e * p.a_se[s0 + j];
+      a_row[j] = static_cast<const T*>(p.a[s0 + j]) + l * p.a_sl[s0 + j] + e * p.a_se[s0 + j] +
+                 crow * p.a_sr[s0 + j] + ccol;
 
     for (int m0 = 0; m0 < rt.BS; m0 += BM) {
-      __syncthreads();  // the previous tile is done with ids and the stages
+      __syncthreads();  // the previous tile is done with ids, row pointers and the stages
       int mine = -1;
       if (tid < BM && m0 + tid < rt.BS) {
         const int v = m0 == 0 ? first : block_ids[m0 + tid];
         mine = (v >= 0 && v < rt.numel) ? v : -1;
       }
-      if (tid < BM) ids[tid] = mine;
+      if (tid < BM) {
+        ids[tid] = mine;
+        const int64_t xr = p.x_per_route ? mine : mine / p.top_k;
+        xrows[tid] = mine >= 0 ? x + xr * p.x_row_stride : nullptr;
+      }
       if (!__syncthreads_or(mine >= 0)) continue;
 
       auto load_stage = [&](int stage, int kt) {
         const int k0 = k_begin + kt * BK;
-        T* xd = xs + stage * BM * LD;
-        T* ad = as + stage * NS * RP * LD;
-        for (int c = tid; c < BM * (BK / 8); c += kThreads) {
-          const int row = c / (BK / 8), col = (c % (BK / 8)) * 8;
-          const int id = ids[row];
-          const bool ok = id >= 0 && k0 + col < k_end;
-          const int64_t xr = p.x_per_route ? id : id / p.top_k;
-          cp_async16(xd + row * LD + col, ok ? x + xr * p.x_row_stride + k0 + col : x, ok);
+        const bool k_ok = k0 + ccol < k_end;
+        T* xd = xs + stage * BM * LD + crow * LD + ccol;
+#pragma unroll
+        for (int i = 0; i < Tile::X_PER_THREAD; ++i) {
+          const T* src = xrows[crow + i * kRowStep];
+          const bool ok = src != nullptr && k_ok;
+          cp_async16(xd + i * kRowStep * LD, ok ? src + k0 + ccol : x, ok);
         }
 #pragma unroll
-        for (int j = 0; j < NS; ++j)
-          for (int c = tid; c < RP * (BK / 8); c += kThreads) {
-            const int row = c / (BK / 8), col = (c % (BK / 8)) * 8;
-            const bool ok = row < p.r && k0 + col < k_end;
-            cp_async16(ad + (j * RP + row) * LD + col,
-                       ok ? a[j] + row * p.a_sr[s0 + j] + k0 + col : a[j], ok);
+        for (int j = 0; j < NS; ++j) {
+          T* ad = as + (stage * NS + j) * RP * LD + crow * LD + ccol;
+          const T* src = a_row[j] + k0;
+          const int64_t step = kRowStep * p.a_sr[s0 + j];
+#pragma unroll
+          for (int i = 0; i < Tile::A_PER_THREAD; ++i, src += step) {
+            const bool ok = crow + i * kRowStep < p.r && k_ok;
+            cp_async16(ad + i * kRowStep * LD, ok ? src : x, ok);
           }
+        }
       };
 
       float acc[NS][NF][4];
@@ -130,6 +152,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
         for (int n = 0; n < NF; ++n) acc[j][n][0] = acc[j][n][1] = acc[j][n][2] = acc[j][n][3] = 0.f;
       const bool warp_rows = ids[wm * 16 + g] >= 0 || ids[wm * 16 + g + 8] >= 0;
       const bool warp_live = __any_sync(0xffffffffu, warp_rows);
+      const int a_lane = a_frag_offset(lane, LD), b_lane = b_frag_offset(lane, LD);
 
 #pragma unroll
       for (int st = 0; st < STAGES - 1; ++st) {
@@ -143,25 +166,20 @@ __global__ void __launch_bounds__(kThreads) moe_lora_shrink_kernel(const ShrinkA
         if (nt < nk) load_stage(nt % STAGES, nt);
         cp_async_commit();
         if (!warp_live) continue;
-        const T* xt = xs + (kt % STAGES) * BM * LD + (wm * 16) * LD;
-        const T* at = as + (kt % STAGES) * NS * RP * LD;
+        const T* xt = xs + (kt % STAGES) * BM * LD + (wm * 16) * LD + a_lane;
+        const T* at = as + (kt % STAGES) * NS * RP * LD + b_lane;
 #pragma unroll
         for (int kk = wk; kk < BK / 16; kk += WK) {
-          const int kb = kk * 16 + 2 * t4;
           uint32_t af[4];
-          af[0] = lds32(xt + g * LD + kb);
-          af[1] = lds32(xt + (g + 8) * LD + kb);
-          af[2] = lds32(xt + g * LD + kb + 8);
-          af[3] = lds32(xt + (g + 8) * LD + kb + 8);
+          ldmatrix_x4(af, xt + kk * 16);
 #pragma unroll
           for (int j = 0; j < NS; ++j)
 #pragma unroll
-            for (int n = 0; n < NF; ++n) {
-              const T* brow = at + (j * RP + n * 8 + g) * LD;
-              uint32_t bf[2];
-              bf[0] = lds32(brow + kb);
-              bf[1] = lds32(brow + kb + 8);
+            for (int n = 0; n < NF; n += 2) {
+              uint32_t bf[4];
+              ldmatrix_x4(bf, at + (j * RP + n * 8) * LD + kk * 16);
               MmaOp<T>::run(acc[j][n], af, bf);
+              MmaOp<T>::run(acc[j][n + 1], af, bf + 2);
             }
         }
       }
