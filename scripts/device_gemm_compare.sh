@@ -2,7 +2,6 @@
 # On the GPU machine: GEMM benchmark (no PyTorch baseline) of the working tree's carried build
 # and of reference builds (moe_ext package copies), same cases, one call, then a side-by-side.
 #   BASES="dir1 dir2" scripts/device_gemm_compare.sh [bench args...]
-#   (VARIANT_ENV="A=1 B=2": extra runs of the working tree with that environment)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -12,11 +11,6 @@ for base in ${BASES:-}; do
   PYTHONPATH="$PWD/$base" python3 benchmarks/bench_moe_lora_gemm.py --no-baseline "$@" \
     --out "$OUT/$name" > "$OUT/bench_$name.log" 2>&1
   jsons+=("$OUT/$name"/*.json)
-done
-for v in ${VARIANT_ENV:-}; do
-  env "$v" PYTHONPATH="$PWD" python3 benchmarks/bench_moe_lora_gemm.py --no-baseline "$@" \
-    --out "$OUT/env_${v%%=*}_${v##*=}" > "$OUT/bench_env_${v##*=}.log" 2>&1
-  jsons+=("$OUT/env_${v%%=*}_${v##*=}"/*.json)
 done
 PYTHONPATH="$PWD" python3 benchmarks/bench_moe_lora_gemm.py --no-baseline "$@" \
   --out "$OUT/new" > "$OUT/bench_new.log" 2>&1

@@ -94,6 +94,16 @@ __device__ __forceinline__ WorkBlock locate_block(const Routing& rt, const int* 
   return k;
 }
 
+// This thread's route in tile rows [m0, m0 + rows) of block blk: the id of row m0 + threadIdx.x,
+// or -1 for threads past the tile or the block and for ids outside [0, numel).
+__device__ __forceinline__ int tile_route(const Routing& rt, const WorkBlock& blk, int m0,
+                                          int rows) {
+  const int tid = threadIdx.x;
+  if (tid >= rows || m0 + tid >= rt.BS) return -1;
+  const int v = m0 == 0 ? blk.first : blk.ids[m0 + tid];
+  return v >= 0 && v < rt.numel ? v : -1;
+}
+
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   const int n = pred ? 16 : 0;  // 0 bytes read: the 16 destination bytes are zero-filled

@@ -75,8 +75,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
     const int wb = w % nblk, rest = w / nblk;
     const int nt = (rest % spans) * SPAN, s = rest / spans;
     const WorkBlock blk = locate_block(rt, prefix, wb, BM);
-    const int l = blk.l, e = blk.e, first = blk.first;
-    const int32_t* block_ids = blk.ids;
+    const int l = blk.l, e = blk.e;
     if (e < 0 || e >= rt.E) continue;
     const int n0 = nt * BN;
     const T* bw = static_cast<const T*>(p.b[s]) + l * p.b_sl[s] + e * p.b_se[s];
@@ -84,11 +83,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
 
     for (int m0 = 0; m0 < rt.BS; m0 += BM) {
       __syncthreads();  // the previous tile is done with shared memory
-      int mine = -1;
-      if (tid < BM && m0 + tid < rt.BS) {
-        const int v = m0 == 0 ? first : block_ids[m0 + tid];
-        mine = (v >= 0 && v < rt.numel) ? v : -1;
-      }
+      const int mine = tile_route(rt, blk, m0, BM);
       if (tid < BM) ids[tid] = mine;
       if (!__syncthreads_or(mine >= 0)) continue;
       // Routing weight: issued now, stored to shared memory once the operands are in flight.
@@ -236,11 +231,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_reduce_kernel(const Routing
     if (blk.e < 0 || blk.e >= rt.E) continue;
     for (int m0 = 0; m0 < rt.BS; m0 += BM) {
       __syncthreads();
-      if (threadIdx.x < BM) {
-        const int v = m0 == 0 ? blk.first
-                              : (m0 + threadIdx.x < rt.BS ? blk.ids[m0 + threadIdx.x] : -1);
-        ids[threadIdx.x] = (v >= 0 && v < rt.numel) ? v : -1;
-      }
+      if (threadIdx.x < BM) ids[threadIdx.x] = tile_route(rt, blk, m0, BM);
       __syncthreads();
       reduce_partials<BM>(partial, ksplit, S, s, rt.numel, RP, G, ids, red,
                           [&](int row, int col, float4 v) {

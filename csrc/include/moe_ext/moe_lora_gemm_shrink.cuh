@@ -94,8 +94,7 @@ __global__ void __launch_bounds__(kThreads, (ShrinkTile<T, RP, WM, BK, STAGES, N
     const int wb = w % nblk, rest = w / nblk;
     const int ks = rest % p.ksplit, s0 = (rest / p.ksplit) * NS;
     const WorkBlock blk = locate_block(rt, prefix, wb, BM);
-    const int l = blk.l, e = blk.e, first = blk.first;
-    const int32_t* block_ids = blk.ids;
+    const int l = blk.l, e = blk.e;
     if (e < 0 || e >= rt.E) continue;
     const int k_begin = ks * p.kchunk;
     const int k_end = min(p.K, k_begin + p.kchunk);
@@ -110,11 +109,7 @@ __global__ void __launch_bounds__(kThreads, (ShrinkTile<T, RP, WM, BK, STAGES, N
 
     for (int m0 = 0; m0 < rt.BS; m0 += BM) {
       __syncthreads();  // the previous tile is done with ids, row pointers and the stages
-      int mine = -1;
-      if (tid < BM && m0 + tid < rt.BS) {
-        const int v = m0 == 0 ? first : block_ids[m0 + tid];
-        mine = (v >= 0 && v < rt.numel) ? v : -1;
-      }
+      const int mine = tile_route(rt, blk, m0, BM);
       if (tid < BM) {
         ids[tid] = mine;
         const int64_t xr = p.x_per_route ? mine : mine / p.top_k;
