@@ -251,6 +251,13 @@ GPU_PLAN_CASES = {
                          block_size=16),
     "decode_span2_r64": dict(T=16, k=8, E=64, L=4, K=128, N=520, r=64, block_size=16),
     "decode_span2_bs32": dict(T=64, k=4, E=8, L=2, K=128, N=600, r=40, block_size=32),
+    # one-launch decode path: clusters of 6 CTAs holding 3 column tiles each; clusters of 8
+    # where 3 CTAs have no column tile (they only add their K chunk)
+    "decode_c6_span3": dict(T=5, k=8, E=32, L=4, K=768, N=2048, r=16, S=1, x_per_route=True,
+                            block_size=16),
+    "decode_idle_ctas": dict(T=3, k=4, E=16, L=2, K=1024, N=520, r=32, block_size=16),
+    # blocks of 16 with too many items for one wave of decode clusters: shrink + expand kernels
+    "bs16_two_kernels": dict(T=64, k=8, E=64, L=4, K=256, N=520, r=16, block_size=16),
 }
 
 

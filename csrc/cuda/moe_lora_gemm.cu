@@ -97,70 +97,48 @@ int num_sms(const at::Tensor& t) {
   return sms;
 }
 
-// Shrink into a fresh workspace: fp32 partials [ksplit, S, numel, RP], or with a single K
-// chunk the rounded rank vectors [S, numel, RP] in x's dtype. Returns it with the split count.
-std::pair<at::Tensor, int> run_shrink(const MoeLoraGemmDims& d, const lg::Routing& rt,
-                                      const at::Tensor& x_in,
-                                      const std::vector<at::Tensor>& lora_a, int sms,
-                                      cudaStream_t stream) {
-  const at::Tensor x = vector_ready(x_in);
-  std::vector<at::Tensor> a(lora_a.size());
+// Shrink arguments for x and lora_a in 16-byte-ready layouts (kept alive with them); the K split
+// and outputs are left to the caller.
+struct ShrinkOperands {
   lg::ShrinkArgs args{};
+  at::Tensor x;
+  std::vector<at::Tensor> a;
+};
+
+ShrinkOperands shrink_operands(const MoeLoraGemmDims& d, const lg::Routing& rt,
+                               const at::Tensor& x_in, const std::vector<at::Tensor>& lora_a) {
+  ShrinkOperands o;
+  o.x = vector_ready(x_in);
+  lg::ShrinkArgs& args = o.args;
   args.rt = rt;
-  args.x = x.data_ptr();
-  args.x_row_stride = x.stride(0);
+  args.x = o.x.data_ptr();
+  args.x_row_stride = o.x.stride(0);
   args.K = static_cast<int>(d.K);
   args.top_k = static_cast<int>(d.top_k);
   args.x_per_route = d.x_per_route;
   for (size_t s = 0; s < lora_a.size(); ++s) {
-    a[s] = vector_ready(lora_a[s]);
-    args.a[s] = a[s].data_ptr();
-    args.a_sl[s] = a[s].stride(0);
-    args.a_se[s] = a[s].stride(1);
-    args.a_sr[s] = a[s].stride(2);
+    o.a.push_back(vector_ready(lora_a[s]));
+    args.a[s] = o.a[s].data_ptr();
+    args.a_sl[s] = o.a[s].stride(0);
+    args.a_se[s] = o.a[s].stride(1);
+    args.a_sr[s] = o.a[s].stride(2);
   }
   args.S = static_cast<int>(d.S);
   args.r = static_cast<int>(d.r);
   args.RP = lg::padded_rank(args.r);
-  const lg::ShrinkPlan plan = lg::plan_shrink(d.numel, rt.L, rt.NB, rt.BS, rt.E, args.S,
-                                              args.K, args.r, sms);
-  args.ksplit = plan.ksplit;
-  args.kchunk = plan.kchunk;
-  const bool single = plan.ksplit == 1;
-  at::Tensor partial = at::empty({plan.ksplit * d.S * d.numel * args.RP},
-                                 x.options().dtype(single ? x.scalar_type() : at::kFloat));
-  args.partial = single ? nullptr : partial.data_ptr<float>();
-  args.tmp = single ? partial.data_ptr() : nullptr;
-  const cudaError_t err = x.scalar_type() == at::kHalf
-                              ? lg::launch_moe_lora_shrink<__half>(args, plan.grid, stream)
-                              : lg::launch_moe_lora_shrink<__nv_bfloat16>(args, plan.grid, stream);
-  MOE_EXT_CHECK_CUDA_LAUNCH(err);
-  return {partial, plan.ksplit};
+  return o;
 }
 
-// Expand from fp32 partials (ksplit > 1), from the T workspace (ksplit == 1, row stride RP) or
-// from the T intermediate [S, numel, r] (partial undefined);
-// dependent: launched right behind the shrink of the same call (programmatic dependent launch).
-void run_expand(const MoeLoraGemmDims& d, const lg::Routing& rt, const at::Tensor& partial,
-                int ksplit, const at::Tensor& intermediate, const std::vector<at::Tensor>& b,
-                const at::Tensor& w, bool add_inputs, const at::Tensor& output, int sms,
-                bool dependent, cudaStream_t stream) {
+// Expand arguments for lora_b (expand_ready), the routing weights and the output; where the rank
+// vectors come from is left to the caller.
+lg::ExpandArgs expand_operands(const MoeLoraGemmDims& d, const lg::Routing& rt,
+                               const std::vector<at::Tensor>& b, const at::Tensor& w,
+                               bool add_inputs, const at::Tensor& output) {
   const at::Tensor out2 = output.dim() == 3 ? output.flatten(0, 1) : output;
   lg::ExpandArgs args{};
   args.rt = rt;
-  const bool from_partials = partial.defined() && ksplit > 1;
-  const at::Tensor& inter = partial.defined() ? partial : intermediate;
-  args.partial = from_partials ? partial.data_ptr<float>() : nullptr;
-  args.ksplit = ksplit;
-  args.G = lg::reduce_groups(ksplit, rt.BS, lg::padded_rank(static_cast<int>(d.r)));
   args.r = static_cast<int>(d.r);
   args.RP = lg::padded_rank(args.r);
-  if (!from_partials) {
-    args.inter = inter.data_ptr();
-    args.inter_ld = partial.defined() ? args.RP : d.r;
-    if (partial.defined()) args.r = args.RP;  // the workspace holds zeros past the rank
-    args.inter_vec = aligned16(inter) && args.inter_ld % 8 == 0 && args.r % 8 == 0;
-  }
   for (size_t s = 0; s < b.size(); ++s) {
     args.b[s] = b[s].data_ptr();
     args.b_sl[s] = b[s].stride(0);
@@ -177,6 +155,52 @@ void run_expand(const MoeLoraGemmDims& d, const lg::Routing& rt, const at::Tenso
   args.col0 = static_cast<int>(d.offset);
   args.add = add_inputs;
   args.vec = aligned16(output) && d.offset % 8 == 0 && out2.stride(0) % 8 == 0;
+  return args;
+}
+
+// Shrink into a fresh workspace: fp32 partials [ksplit, S, numel, RP], or with a single K
+// chunk the rounded rank vectors [S, numel, RP] in x's dtype. Returns it with the split count.
+std::pair<at::Tensor, int> run_shrink(const MoeLoraGemmDims& d, const lg::Routing& rt,
+                                      const at::Tensor& x_in,
+                                      const std::vector<at::Tensor>& lora_a, int sms,
+                                      cudaStream_t stream) {
+  ShrinkOperands ops = shrink_operands(d, rt, x_in, lora_a);
+  lg::ShrinkArgs& args = ops.args;
+  const lg::ShrinkPlan plan = lg::plan_shrink(d.numel, rt.L, rt.NB, rt.BS, rt.E, args.S,
+                                              args.K, args.r, sms);
+  args.ksplit = plan.ksplit;
+  args.kchunk = plan.kchunk;
+  const bool single = plan.ksplit == 1;
+  at::Tensor partial = at::empty({plan.ksplit * d.S * d.numel * args.RP},
+                                 ops.x.options().dtype(single ? ops.x.scalar_type() : at::kFloat));
+  args.partial = single ? nullptr : partial.data_ptr<float>();
+  args.tmp = single ? partial.data_ptr() : nullptr;
+  const cudaError_t err = ops.x.scalar_type() == at::kHalf
+                              ? lg::launch_moe_lora_shrink<__half>(args, plan.grid, stream)
+                              : lg::launch_moe_lora_shrink<__nv_bfloat16>(args, plan.grid, stream);
+  MOE_EXT_CHECK_CUDA_LAUNCH(err);
+  return {partial, plan.ksplit};
+}
+
+// Expand from fp32 partials (ksplit > 1), from the T workspace (ksplit == 1, row stride RP) or
+// from the T intermediate [S, numel, r] (partial undefined);
+// dependent: launched right behind the shrink of the same call (programmatic dependent launch).
+void run_expand(const MoeLoraGemmDims& d, const lg::Routing& rt, const at::Tensor& partial,
+                int ksplit, const at::Tensor& intermediate, const std::vector<at::Tensor>& b,
+                const at::Tensor& w, bool add_inputs, const at::Tensor& output, int sms,
+                bool dependent, cudaStream_t stream) {
+  lg::ExpandArgs args = expand_operands(d, rt, b, w, add_inputs, output);
+  const bool from_partials = partial.defined() && ksplit > 1;
+  const at::Tensor& inter = partial.defined() ? partial : intermediate;
+  args.partial = from_partials ? partial.data_ptr<float>() : nullptr;
+  args.ksplit = ksplit;
+  args.G = lg::reduce_groups(ksplit, rt.BS, args.RP);
+  if (!from_partials) {
+    args.inter = inter.data_ptr();
+    args.inter_ld = partial.defined() ? args.RP : d.r;
+    if (partial.defined()) args.r = args.RP;  // the workspace holds zeros past the rank
+    args.inter_vec = aligned16(inter) && args.inter_ld % 8 == 0 && args.r % 8 == 0;
+  }
   const int span =
       lg::expand_span(d.numel, rt.L, rt.NB, rt.BS, rt.E, args.S, args.r, args.ntiles, sms);
   const int grid =
@@ -185,6 +209,35 @@ void run_expand(const MoeLoraGemmDims& d, const lg::Routing& rt, const at::Tenso
       output.scalar_type() == at::kHalf
           ? lg::launch_moe_lora_expand<__half>(args, span, grid, dependent, stream)
           : lg::launch_moe_lora_expand<__nv_bfloat16>(args, span, grid, dependent, stream);
+  MOE_EXT_CHECK_CUDA_LAUNCH(err);
+}
+
+lg::DecodePlan decode_plan(const MoeLoraGemmDims& d, const lg::Routing& rt, int sms) {
+  return lg::plan_decode(d.numel, rt.L, rt.NB, rt.BS, rt.E, static_cast<int>(d.S),
+                         static_cast<int>(d.K), static_cast<int>(d.r), sms);
+}
+
+// The decode path: the fused op in one launch (output defined), or the shrink alone writing
+// intermediate [S, numel, r].
+void run_decode(const MoeLoraGemmDims& d, const lg::Routing& rt, const lg::DecodePlan& plan,
+                const at::Tensor& x, const std::vector<at::Tensor>& lora_a,
+                const std::vector<at::Tensor>& b, const at::Tensor& w, bool add_inputs,
+                const at::Tensor& output, const at::Tensor& intermediate, int sms,
+                cudaStream_t stream) {
+  ShrinkOperands ops = shrink_operands(d, rt, x, lora_a);
+  lg::DecodeArgs args{};
+  args.sh = ops.args;
+  args.sh.kchunk = plan.kchunk;
+  if (output.defined()) {
+    args.ex = expand_operands(d, rt, b, w, add_inputs, output);
+    args.tiles = lg::decode_tiles(args.ex.ntiles, plan.C);
+  } else {
+    args.sh.tmp = intermediate.data_ptr();
+  }
+  const cudaError_t err =
+      x.scalar_type() == at::kHalf
+          ? lg::launch_moe_lora_decode<__half>(args, plan.C, stream, sms)
+          : lg::launch_moe_lora_decode<__nv_bfloat16>(args, plan.C, stream, sms);
   MOE_EXT_CHECK_CUDA_LAUNCH(err);
 }
 
@@ -212,6 +265,20 @@ void fused_moe_lora_cuda(const at::Tensor& output, const at::Tensor& x,
   // that the expand is the very next kernel on the stream.
   const at::Tensor w = float_weights(topk_weights, mul_routed_weight);
   const std::vector<at::Tensor> b = expand_ready_all(lora_b);
+  const lg::DecodePlan plan = decode_plan(d, rt, sms);
+  if (plan.C > 0) {
+    const int ntiles = static_cast<int>((d.N + lg::kExpandBN - 1) / lg::kExpandBN);
+    if (lg::decode_tiles(ntiles, plan.C) <= lg::kDecodeMaxTiles) {
+      run_decode(d, rt, plan, x, lora_a, b, w, add_inputs, output, at::Tensor(), sms, stream);
+      return;
+    }
+    // Wide outputs: the decode shrink, then the expand kernel from its rank vectors (exactly
+    // the standalone shrink + expand).
+    const at::Tensor inter = at::empty({d.S, d.numel, d.r}, x.options());
+    run_decode(d, rt, plan, x, lora_a, {}, at::Tensor(), false, at::Tensor(), inter, sms, stream);
+    run_expand(d, rt, at::Tensor(), 1, inter, b, w, add_inputs, output, sms, true, stream);
+    return;
+  }
   const auto [partial, ksplit] = run_shrink(d, rt, x, lora_a, sms, stream);
   run_expand(d, rt, partial, ksplit, at::Tensor(), b, w, add_inputs, output, sms, true, stream);
 }
@@ -231,6 +298,12 @@ void fused_moe_lora_shrink_cuda(const at::Tensor& intermediate, const at::Tensor
   const DeviceRouting routing =
       make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, adapter_enabled);
   const lg::Routing& rt = routing.rt;
+  const lg::DecodePlan plan = decode_plan(d, rt, sms);
+  if (plan.C > 0) {
+    run_decode(d, rt, plan, x, lora_a, {}, at::Tensor(), false, at::Tensor(), intermediate, sms,
+               stream);
+    return;
+  }
   const auto [partial, ksplit] = run_shrink(d, rt, x, lora_a, sms, stream);
   if (ksplit == 1) {  // already rounded: keep the first r of the RP columns
     const int64_t rp = lg::padded_rank(static_cast<int>(d.r));

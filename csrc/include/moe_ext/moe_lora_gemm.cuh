@@ -11,8 +11,7 @@
 
 #include <algorithm>
 
-#include "moe_ext/moe_lora_gemm_expand.cuh"
-#include "moe_ext/moe_lora_gemm_shrink.cuh"
+#include "moe_ext/moe_lora_gemm_decode.cuh"
 
 namespace moe_ext {
 namespace lora_gemm {
@@ -97,9 +96,45 @@ inline int reduce_groups(int ksplit, int BS, int RP) {
   return std::max(1, std::min({ksplit, 8, 8192 / (bm * RP)}));
 }
 
+// cluster > 1: thread-block clusters of that many CTAs (grid a multiple of it).
+// Decode path (moe_lora_gemm_decode.cuh: rank vectors on chip) for blocks of at most 16 rows,
+// ranks up to 64 and few items: a cluster of C <= 8 CTAs splits K into chunks of 128 to 384
+// (multiples of 16; one CTA streams its chunk in one go, longer ones were slower: Mixtral's
+// K = 4096 gate_up rank 16 at T = 1, 8.1 -> 9.4 us), and all clusters fit in one wave of 4 CTAs
+// per SM. Depends on the shrink's shapes only, so the standalone shrink op takes the same path
+// (and the same sums) as the fused op.
+struct DecodePlan {
+  int C, kchunk;  // C == 0: not on the decode path
+};
+inline DecodePlan plan_decode(int64_t numel, int L, int NB, int BS, int E, int S, int K, int r,
+                              int num_sms) {
+  const int RP = padded_rank(r);
+  if (BS > 16 || RP > 64) return {0, 0};
+  const int C = std::min(static_cast<int>(kMaxCluster), (K + 127) / 128);
+  const int kchunk = ((K + C - 1) / C + 15) / 16 * 16;
+  if (kchunk > 384) return {0, 0};
+  if (max_real_blocks(numel, L, NB, BS, E) * S * C > 4LL * num_sms) return {0, 0};
+  return {C, kchunk};
+}
+
+// Column tiles per CTA of a decode cluster; the fused op runs in one launch up to 4 (shared
+// memory), else as the decode shrink then the expand kernel.
+inline int decode_tiles(int ntiles, int C) { return (ntiles + C - 1) / C; }
+constexpr int kDecodeMaxTiles = 4;
+
+// Clusters: one per (block, slice) item up to what is resident (CTAs that shared memory allows
+// per SM, at most 16).
+inline int decode_grid(int64_t numel, int L, int NB, int BS, int E, int S, int C, int smem,
+                       int num_sms) {
+  const int fit = std::max(1, std::min(16, (227 << 10) / (smem + 1024)));
+  const int64_t items = max_real_blocks(numel, L, NB, BS, E) * S;
+  const int64_t clusters = std::max<int64_t>(1, std::min<int64_t>(items, fit * num_sms / C));
+  return static_cast<int>(clusters * C);
+}
+
 template <typename Kernel>
 cudaError_t launch_with_smem(Kernel kernel, int grid, int smem, cudaStream_t stream,
-                             const void* args_ptr, bool dependent = false) {
+                             const void* args_ptr, bool dependent = false, int cluster = 1) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   void* args[] = {const_cast<void*>(args_ptr)};
@@ -108,11 +143,18 @@ cudaError_t launch_with_smem(Kernel kernel, int grid, int smem, cudaStream_t str
   cfg.blockDim = dim3(kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  unsigned n = 0;
+  if (dependent) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n++].val.clusterDim = {static_cast<unsigned>(cluster), 1, 1};
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = dependent ? 1 : 0;
+  cfg.numAttrs = n;
   return cudaLaunchKernelExC(&cfg, reinterpret_cast<const void*>(kernel), args);
 }
 
@@ -174,6 +216,40 @@ cudaError_t launch_moe_lora_expand(const ExpandArgs& a, int span, int grid, bool
     return launch_expand_span<T, 2, 1>(a, grid, dependent, stream);
   }
   return launch_expand_span<T, 4, 1>(a, grid, dependent, stream);
+}
+
+template <typename T, int RP, int SPAN>
+cudaError_t launch_decode_rp_span(const DecodeArgs& a, int C, int span, cudaStream_t stream,
+                                  int num_sms) {
+  const DecodeLayout lay(a.sh.rt.L, RP, a.sh.kchunk, span, static_cast<int>(sizeof(T)));
+  const int grid = decode_grid(a.sh.rt.numel, a.sh.rt.L, a.sh.rt.NB, a.sh.rt.BS, a.sh.rt.E,
+                               a.sh.S, C, lay.total, num_sms);
+  return launch_with_smem(moe_lora_decode_kernel<T, RP, SPAN>, grid, lay.total, stream, &a,
+                          false, C);
+}
+
+template <typename T, int RP>
+cudaError_t launch_decode_rp(const DecodeArgs& a, int C, cudaStream_t stream, int num_sms) {
+  if (a.ex.out == nullptr) return launch_decode_rp_span<T, RP, 1>(a, C, 0, stream, num_sms);
+  switch (a.tiles) {
+    case 1: return launch_decode_rp_span<T, RP, 1>(a, C, 1, stream, num_sms);
+    case 2: return launch_decode_rp_span<T, RP, 2>(a, C, 2, stream, num_sms);
+    case 3: return launch_decode_rp_span<T, RP, 3>(a, C, 3, stream, num_sms);
+    default: return launch_decode_rp_span<T, RP, 4>(a, C, 4, stream, num_sms);
+  }
+}
+
+// Fused decode path (or, with a.ex.out == nullptr, the shrink alone writing a.sh.tmp).
+// a.sh.kchunk and C from plan_decode; a.tiles from decode_tiles, 1..kDecodeMaxTiles.
+template <typename T>
+cudaError_t launch_moe_lora_decode(const DecodeArgs& a, int C, cudaStream_t stream,
+                                   int num_sms) {
+  switch (a.sh.RP) {
+    case 16: return launch_decode_rp<T, 16>(a, C, stream, num_sms);
+    case 32: return launch_decode_rp<T, 32>(a, C, stream, num_sms);
+    case 64: return launch_decode_rp<T, 64>(a, C, stream, num_sms);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 template <typename T, int MI>

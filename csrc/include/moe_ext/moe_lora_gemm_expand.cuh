@@ -31,6 +31,112 @@ struct ExpandArgs {
 
 constexpr int kExpandBN = 128;
 
+// B tile [rows x RP] of lora_b[s][l, e] from column n0 (one 16-byte chunk per cp.async; rows at
+// or past n_end and ranks past rb zero-filled). rc_shift: log2 of the chunks per row (RP / 8).
+template <typename T>
+__device__ __forceinline__ void load_b_tile(T* bs, int lda, int rc_shift, const T* bw,
+                                            int64_t row_stride, int n0, int rows, int n_end,
+                                            int rb) {
+  for (int c = threadIdx.x; c < (rows << rc_shift); c += kThreads) {
+    const int row = c >> rc_shift, col = (c & ((1 << rc_shift) - 1)) * 8;
+    const bool ok = n0 + row < n_end && col < rb;
+    cp_async16(bs + row * lda + col, ok ? bw + (n0 + row) * row_stride + col : bw, ok);
+  }
+}
+
+// Output tile [BM x BW] of the routes ids[] into shared memory (row stride BW + 8), columns
+// [n0, n_end) of the slice starting at col_base: 16-byte cp.async (vec) or element copies. Rows
+// without a route are never touched.
+template <typename T, int BM, int BW>
+__device__ __forceinline__ void load_out_tile(T* os, const T* out, int64_t out_row,
+                                              int64_t col_base, const int* ids, int n0, int n_end,
+                                              bool vec) {
+  constexpr int LDO = BW + 8;
+  for (int c = threadIdx.x; c < BM * (BW / 8); c += kThreads) {
+    const int row = c / (BW / 8), col = (c % (BW / 8)) * 8, id = ids[row];
+    if (id < 0 || n0 + col >= n_end) continue;
+    const T* src = out + static_cast<int64_t>(id) * out_row + col_base + col;
+    if (vec) {
+      cp_async16(os + row * LDO + col, src, true);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) os[row * LDO + col + q] = src[q];
+    }
+  }
+}
+
+// The finished output tile back to global memory: 16 bytes per thread, whole rows per warp.
+template <typename T, int BM, int BW>
+__device__ __forceinline__ void store_out_tile(T* out, int64_t out_row, int64_t col_base,
+                                               const T* os, const int* ids, int n0, int n_end,
+                                               bool vec) {
+  constexpr int LDO = BW + 8;
+  for (int c = threadIdx.x; c < BM * (BW / 8); c += kThreads) {
+    const int row = c / (BW / 8), col = (c % (BW / 8)) * 8, id = ids[row];
+    if (id < 0 || n0 + col >= n_end) continue;
+    T* dst = out + static_cast<int64_t>(id) * out_row + col_base + col;
+    const T* src = os + row * LDO + col;
+    if (vec) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) dst[q] = src[q];
+    }
+  }
+}
+
+// d = A[BM x RP] @ B[tile rows x RP].T for the 128-column tiles of the span below n_end, one
+// 16-row fragment of one tile at a time (16 accumulators per thread), applied to the output tile
+// in shared memory: out = round(out + w * d) (or round(w * d)). Every caller runs this very
+// sequence, so the fused and the standalone paths round identically.
+template <typename T, int MI, int SPAN>
+__device__ __forceinline__ void apply_expand_tiles(const T* as, const T* bs, int lda, int RP,
+                                                   T* os, int n0, int n_end, const int* ids,
+                                                   const float* wts, bool add) {
+  constexpr int BN = kExpandBN, LDO = SPAN * BN + 8;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int a_lane = a_frag_offset(lane, lda), b_lane = b_frag_offset(lane, lda);
+  for (int tile = 0; tile < SPAN && n0 + tile * BN < n_end; ++tile) {
+    const int cw = tile * BN + warp * 32 + 2 * t4;  // this thread's first column
+    const T* bt = bs + (tile * BN + warp * 32) * lda + b_lane;
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+      float acc[4][4];
+#pragma unroll
+      for (int n = 0; n < 4; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+      const T* at = as + i * 16 * lda + a_lane;
+      for (int kb = 0; kb < RP; kb += 16) {
+        uint32_t af[4], bf[4];
+        ldmatrix_x4(af, at + kb);
+#pragma unroll
+        for (int n = 0; n < 4; n += 2) {
+          ldmatrix_x4(bf, bt + n * 8 * lda + kb);
+          MmaOp<T>::run(acc[n], af, bf);
+          MmaOp<T>::run(acc[n + 1], af, bf + 2);
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = i * 16 + g + 8 * h;
+        if (ids[row] < 0) continue;
+        const float wt = wts[row];
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          T* o = os + row * LDO + cw + n * 8;
+          float o0 = acc[n][2 * h] * wt, o1 = acc[n][2 * h + 1] * wt;
+          if (add) {
+            o0 += to_f32(o[0]);
+            o1 += to_f32(o[1]);
+          }
+          T pair[2] = {from_f32<T>(o0), from_f32<T>(o1)};
+          *reinterpret_cast<uint32_t*>(o) = *reinterpret_cast<const uint32_t*>(pair);
+        }
+      }
+    }
+  }
+}
+
 // Work item: BM = 16*MI routes x BW = SPAN adjacent 128-column tiles of one slice.
 template <int MI, int SPAN = 1>
 struct ExpandTile {
@@ -63,8 +169,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
   float* red = reinterpret_cast<float*>(os + BM * LDO);
 
   const Routing& rt = p.rt;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int g = lane >> 2, t4 = lane & 3;
+  const int tid = threadIdx.x;
   T* out = static_cast<T*>(p.out);
   bool waited = false;
 
@@ -92,27 +197,13 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
       // B tile [BW x RP] (rows past N in a live tile and ranks past rb zero-filled), in flight
       // meanwhile.
       const int b_rows = min(BW, (p.N - n0 + BN - 1) / BN * BN);
-      for (int c = tid; c < (b_rows << rc_shift); c += kThreads) {
-        const int row = c >> rc_shift, col = (c & ((1 << rc_shift) - 1)) * 8;
-        const bool ok = n0 + row < p.N && col < p.rb;
-        cp_async16(bs + row * LDA + col, ok ? bw + (n0 + row) * p.b_sn[s] + col : bw, ok);
-      }
+      load_b_tile(bs, LDA, rc_shift, bw, p.b_sn[s], n0, b_rows, p.N, p.rb);
       cp_async_commit();
 
       // Output tile into shared memory (16-byte cp.async, no registers held): its latency
       // overlaps the weights and the partial sums. Rows without a route are never touched.
       if (p.add) {
-        for (int c = tid; c < BM * (BW / 8); c += kThreads) {
-          const int row = c / (BW / 8), col = (c % (BW / 8)) * 8, id = ids[row];
-          if (id < 0 || n0 + col >= p.N) continue;
-          const T* src = out + static_cast<int64_t>(id) * p.out_row + col_base + col;
-          if (p.vec) {
-            cp_async16(os + row * LDO + col, src, true);
-          } else {
-#pragma unroll
-            for (int q = 0; q < 8; ++q) os[row * LDO + col + q] = src[q];
-          }
-        }
+        load_out_tile<T, BM, BW>(os, out, p.out_row, col_base, ids, n0, p.N, p.vec);
         cp_async_commit();
       }
 
@@ -151,62 +242,9 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
       cp_async_wait<0>();
       __syncthreads();
 
-      // One 16-row fragment of one 128-column tile at a time (16 accumulators per thread: many
-      // CTAs per SM), its epilogue applied to the output tile in shared memory:
-      // out = round(out + w * d) (or round(w * d)).
-      const int a_lane = a_frag_offset(lane, LDA), b_lane = b_frag_offset(lane, LDA);
-      for (int tile = 0; tile < SPAN && n0 + tile * BN < p.N; ++tile) {
-        const int cw = tile * BN + warp * 32 + 2 * t4;  // this thread's first column
-        const T* bt = bs + (tile * BN + warp * 32) * LDA + b_lane;
-#pragma unroll
-        for (int i = 0; i < MI; ++i) {
-          float acc[4][4];
-#pragma unroll
-          for (int n = 0; n < 4; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
-          const T* at = as + i * 16 * LDA + a_lane;
-          for (int kb = 0; kb < p.RP; kb += 16) {
-            uint32_t af[4], bf[4];
-            ldmatrix_x4(af, at + kb);
-#pragma unroll
-            for (int n = 0; n < 4; n += 2) {
-              ldmatrix_x4(bf, bt + n * 8 * LDA + kb);
-              MmaOp<T>::run(acc[n], af, bf);
-              MmaOp<T>::run(acc[n + 1], af, bf + 2);
-            }
-          }
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int row = i * 16 + g + 8 * h;
-            if (ids[row] < 0) continue;
-            const float wt = wts[row];
-#pragma unroll
-            for (int n = 0; n < 4; ++n) {
-              T* o = os + row * LDO + cw + n * 8;
-              float o0 = acc[n][2 * h] * wt, o1 = acc[n][2 * h + 1] * wt;
-              if (p.add) {
-                o0 += to_f32(o[0]);
-                o1 += to_f32(o[1]);
-              }
-              T pair[2] = {from_f32<T>(o0), from_f32<T>(o1)};
-              *reinterpret_cast<uint32_t*>(o) = *reinterpret_cast<const uint32_t*>(pair);
-            }
-          }
-        }
-      }
+      apply_expand_tiles<T, MI, SPAN>(as, bs, LDA, p.RP, os, n0, p.N, ids, wts, p.add);
       __syncthreads();
-      // Coalesced stores of the finished tile: 16 bytes per thread, whole rows per warp.
-      for (int c = tid; c < BM * (BW / 8); c += kThreads) {
-        const int row = c / (BW / 8), col = (c % (BW / 8)) * 8, id = ids[row];
-        if (id < 0 || n0 + col >= p.N) continue;
-        T* dst = out + static_cast<int64_t>(id) * p.out_row + col_base + col;
-        const T* src = os + row * LDO + col;
-        if (p.vec) {
-          *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-        } else {
-#pragma unroll
-          for (int q = 0; q < 8; ++q) dst[q] = src[q];
-        }
-      }
+      store_out_tile<T, BM, BW>(out, p.out_row, col_base, os, ids, n0, p.N, p.vec);
     }
   }
 }
