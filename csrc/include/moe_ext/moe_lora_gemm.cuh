@@ -5,8 +5,10 @@
 //                                                 @ lora_b[s][l, e].T)
 //
 // for every route i listed in a real block (l, b) of the alignment, e = expert of the block.
-// Grids depend on shapes only; each CTA walks the compact list of real blocks built from
-// num_tokens_post_pad, so CUDA-graph replays with new routing stay correct.
+// At decode sizes (plan_decode) both run in one launch of thread-block clusters instead
+// (moe_lora_gemm_decode.cuh). Grids depend on shapes only; each CTA walks the compact list of
+// real blocks built from num_tokens_post_pad, so CUDA-graph replays with new routing stay
+// correct.
 #pragma once
 
 #include <algorithm>
