@@ -148,7 +148,7 @@ lg::ExpandArgs expand_operands(const MoeLoraGemmDims& d, const lg::Routing& rt,
   args.rb = static_cast<int>(b[0].size(3));
   args.S = static_cast<int>(d.S);
   args.N = static_cast<int>(d.N);
-  args.ntiles = static_cast<int>((d.N + lg::kExpandBN - 1) / lg::kExpandBN);
+  args.ntiles = lg::column_tiles(static_cast<int>(d.N));
   if (w.defined()) args.weights = w.data_ptr<float>();
   args.out = output.data_ptr();
   args.out_row = out2.stride(0);
@@ -267,8 +267,8 @@ void fused_moe_lora_cuda(const at::Tensor& output, const at::Tensor& x,
   const std::vector<at::Tensor> b = expand_ready_all(lora_b);
   const lg::DecodePlan plan = decode_plan(d, rt, sms);
   if (plan.C > 0) {
-    const int ntiles = static_cast<int>((d.N + lg::kExpandBN - 1) / lg::kExpandBN);
-    if (lg::decode_tiles(ntiles, plan.C) <= lg::kDecodeMaxTiles) {
+    if (lg::decode_tiles(lg::column_tiles(static_cast<int>(d.N)), plan.C) <=
+        lg::kDecodeMaxTiles) {
       run_decode(d, rt, plan, x, lora_a, b, w, add_inputs, output, at::Tensor(), sms, stream);
       return;
     }

@@ -128,7 +128,7 @@ constexpr int kDecodeMaxTiles = 4;
 // per SM, at most 16).
 inline int decode_grid(int64_t numel, int L, int NB, int BS, int E, int S, int C, int smem,
                        int num_sms) {
-  const int fit = std::max(1, std::min(16, (227 << 10) / (smem + 1024)));
+  const int fit = std::max(1, std::min(16, ctas_by_smem(smem)));
   const int64_t items = max_real_blocks(numel, L, NB, BS, E) * S;
   const int64_t clusters = std::max<int64_t>(1, std::min<int64_t>(items, fit * num_sms / C));
   return static_cast<int>(clusters * C);

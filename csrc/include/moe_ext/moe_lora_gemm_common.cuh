@@ -16,6 +16,9 @@ constexpr int kThreads = 128;  // 4 warps per CTA in every kernel of the family
 constexpr int kMaxSlices = 4;
 constexpr int kMaxLoras = 1024;
 
+// CTAs per SM that `smem` bytes of dynamic shared memory allow (227 KB, 1 KB reserved per CTA).
+__host__ __device__ constexpr int ctas_by_smem(int smem) { return (227 << 10) / (smem + 1024); }
+
 // Output of moe_lora_align_block_size for L slots. Every value is untrusted: route ids outside
 // [0, numel), block experts outside [0, E) and totals outside [0, P] are ignored.
 struct Routing {
@@ -240,6 +243,15 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_f32(float v) { return __float2bfloat16_rn(v); }
 template <>
 __device__ __forceinline__ __half from_f32(float v) { return __float2half_rn(v); }
+
+// Four fp32 values rounded to T once, at dst[0..4).
+template <typename T>
+__device__ __forceinline__ void store_rounded4(T* dst, float4 v) {
+  dst[0] = from_f32<T>(v.x);
+  dst[1] = from_f32<T>(v.y);
+  dst[2] = from_f32<T>(v.z);
+  dst[3] = from_f32<T>(v.w);
+}
 
 }  // namespace lora_gemm
 }  // namespace moe_ext

@@ -57,15 +57,14 @@ __device__ __forceinline__ float4 load_peer_f4(const float* local, unsigned rank
   return v;
 }
 
-// Shared memory of one CTA (bytes, 128-aligned parts): head (work prefix [L + 1], scan scratch,
-// ids, weights), partial [16][RP] fp32 (read by the cluster), operands x [16][KC + 8] and
+// Shared memory of one CTA (bytes, 128-aligned parts from 0): work prefix [L + 1], scan scratch,
+// ids and weights, then partial [16][RP] fp32 (read by the cluster), operands x [16][KC + 8] and
 // lora_a [RP][KC + 8] (later the warps' fp32 sums [4][16][RP]), rank vectors [16][RP + 8], then
 // the expand's B tile [SPAN * 128][RP + 8] and output tile [16][SPAN * 128 + 8].
 struct DecodeLayout {
-  int head, partial, operands, rank, btile, otile, total;
+  int partial, operands, rank, btile, otile, total;
   __host__ __device__ static int align(int b) { return (b + 127) / 128 * 128; }
   __host__ __device__ DecodeLayout(int L, int RP, int KC, int span, int elem) {
-    head = 0;
     partial = align(4 * (L + 1) + 4 * 4 + 4 * 16 + 4 * 16);
     operands = partial + align(16 * RP * 4);
     const int ops = (16 + RP) * (KC + 8) * elem, red = 4 * 16 * RP * 4;
@@ -143,8 +142,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_decode_kernel(const DecodeA
     const int64_t col_base = ex.col0 + static_cast<int64_t>(s) * ex.N + n0;
     if (expand && n0 < n_end) {
       const T* bw = static_cast<const T*>(ex.b[s]) + l * ex.b_sl[s] + e * ex.b_se[s];
-      load_b_tile(bs, LDA, rc_shift, bw, ex.b_sn[s], n0, (n_end - n0 + kExpandBN - 1) /
-                  kExpandBN * kExpandBN, n_end, ex.rb);
+      load_b_tile(bs, LDA, rc_shift, bw, ex.b_sn[s], n0, BW, n_end, ex.rb);
       if (ex.add) load_out_tile<T, BM, BW>(os, out, ex.out_row, col_base, ids, n0, n_end, ex.vec);
     }
     cp_async_commit();
@@ -207,11 +205,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_decode_kernel(const DecodeA
               v.x += o[q].x; v.y += o[q].y; v.z += o[q].z; v.w += o[q].w;
             }
         }
-        T* dst = rank_vec + row * LDA + col;
-        dst[0] = from_f32<T>(v.x);
-        dst[1] = from_f32<T>(v.y);
-        dst[2] = from_f32<T>(v.z);
-        dst[3] = from_f32<T>(v.w);
+        store_rounded4(rank_vec + row * LDA + col, v);
       }
     }
     cluster_arrive_relaxed();

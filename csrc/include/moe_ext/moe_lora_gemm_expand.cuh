@@ -31,12 +31,17 @@ struct ExpandArgs {
 
 constexpr int kExpandBN = 128;
 
-// B tile [rows x RP] of lora_b[s][l, e] from column n0 (one 16-byte chunk per cp.async; rows at
-// or past n_end and ranks past rb zero-filled). rc_shift: log2 of the chunks per row (RP / 8).
+// 128-column tiles of an N-column slice.
+__host__ __device__ constexpr int column_tiles(int N) { return (N + kExpandBN - 1) / kExpandBN; }
+
+// B tile of lora_b[s][l, e] from column n0: the rows of the 128-column tiles live below n_end, at
+// most max_rows (one 16-byte chunk per cp.async; rows at or past n_end and ranks past rb
+// zero-filled). rc_shift: log2 of the chunks per row (RP / 8).
 template <typename T>
 __device__ __forceinline__ void load_b_tile(T* bs, int lda, int rc_shift, const T* bw,
-                                            int64_t row_stride, int n0, int rows, int n_end,
+                                            int64_t row_stride, int n0, int max_rows, int n_end,
                                             int rb) {
+  const int rows = min(max_rows, column_tiles(n_end - n0) * kExpandBN);
   for (int c = threadIdx.x; c < (rows << rc_shift); c += kThreads) {
     const int row = c >> rc_shift, col = (c & ((1 << rc_shift) - 1)) * 8;
     const bool ok = n0 + row < n_end && col < rb;
@@ -196,8 +201,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
 
       // B tile [BW x RP] (rows past N in a live tile and ranks past rb zero-filled), in flight
       // meanwhile.
-      const int b_rows = min(BW, (p.N - n0 + BN - 1) / BN * BN);
-      load_b_tile(bs, LDA, rc_shift, bw, p.b_sn[s], n0, b_rows, p.N, p.rb);
+      load_b_tile(bs, LDA, rc_shift, bw, p.b_sn[s], n0, BW, p.N, p.rb);
       cp_async_commit();
 
       // Output tile into shared memory (16-byte cp.async, no registers held): its latency
@@ -215,11 +219,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
       if (p.partial != nullptr) {
         reduce_partials<BM>(p.partial, p.ksplit, p.S, s, rt.numel, p.RP, p.G, ids, red,
                             [&](int row, int col, float4 v) {
-                              T* dst = as + row * LDA + col;
-                              dst[0] = from_f32<T>(v.x);
-                              dst[1] = from_f32<T>(v.y);
-                              dst[2] = from_f32<T>(v.z);
-                              dst[3] = from_f32<T>(v.w);
+                              store_rounded4(as + row * LDA + col, v);
                             });
       } else if (p.inter_vec) {
         const T* inter = static_cast<const T*>(p.inter);

@@ -41,9 +41,9 @@ struct ShrinkTile {
   static constexpr int kHead = 8 * BM + 4 * (kMaxLoras + 1) + 4 * 4 + 4 * BM;
   static constexpr int kHeadAligned = (kHead + 127) / 128 * 128;
   static constexpr int kSmem = kHeadAligned + (kPipeBytes > kRedBytes ? kPipeBytes : kRedBytes);
-  // CTAs per SM that shared memory allows (227 KB, 1 KB reserved per CTA): registers are
-  // capped to match, so they never are the tighter limit.
-  static constexpr int kFit = (227 << 10) / (kSmem + 1024);
+  // CTAs per SM that shared memory allows: registers are capped to match, so they never are
+  // the tighter limit.
+  static constexpr int kFit = ctas_by_smem(kSmem);
   static constexpr int kMinBlocks = kFit < 1 ? 1 : kFit > 8 ? 8 : kFit;
 };
 
