@@ -239,6 +239,9 @@ def test_cuda_matches_cpu_and_is_deterministic(r):
 GPU_PLAN_CASES = {
     "prefill_s2_r16": dict(T=1024, k=8, E=16, L=4, K=256, N=1000, r=16, block_size=64),
     "prefill_r64_bs128": dict(T=600, k=4, E=8, L=2, K=192, N=264, r=64, block_size=128),
+    # 64-row expand items of two column tiles: three tiles, the second span holds one
+    "prefill_span2_odd": dict(T=300, k=4, E=8, L=3, K=320, N=264, r=24, S=1, x_per_route=True,
+                              block_size=64),
     "cluster_r64": dict(T=3, k=2, E=8, L=4, K=4096, N=520, r=64, block_size=16),
     "cluster_r24": dict(T=5, k=2, E=4, L=2, K=2056, N=136, r=24, block_size=16),
     "cluster_r128_bs32": dict(T=6, k=2, E=4, L=2, K=1536, N=256, r=128, block_size=32),

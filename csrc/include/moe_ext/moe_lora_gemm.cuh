@@ -20,10 +20,13 @@ namespace lora_gemm {
 
 // Rank padded to the shrink tile: 16, 32, 64 or 128.
 inline int padded_rank(int r) { return r <= 16 ? 16 : r <= 32 ? 32 : r <= 64 ? 64 : 128; }
-// Shrink stage depth along K: 64 for ranks above 32, and for 64-row tiles shared by the gate and
-// up slices (half the shared memory: more CTAs per SM hide the gathered x rows); else 128.
-constexpr int shrink_bk(int rp, int bs, int ns) {
-  return rp <= 32 && (bs <= 32 || ns == 1) ? 128 : 64;
+// Shrink stage depth along K: 64 for ranks above 32 and for 64-row tiles (half the shared
+// memory per stage: more stages or CTAs per SM keep the gathered x rows in flight); else 128.
+constexpr int shrink_bk(int rp, int bs) { return rp <= 32 && bs <= 32 ? 128 : 64; }
+// Stages in flight: the down input's 64-row tiles (one slice, every x row read once from DRAM)
+// take a deeper ring at about the same CTAs per SM; everything else 3.
+constexpr int shrink_stages(int rp, int bs, int ns) {
+  return bs > 32 && ns == 1 ? (rp <= 32 ? 6 : 4) : 3;
 }
 // Slices one shrink CTA handles: at prefill sizes two slices (gate/up) share one x tile (up to
 // rank 64: accumulator registers); at decode sizes separate CTAs give more streams of weights.
@@ -47,7 +50,7 @@ struct ShrinkPlan {
 // is cheaper.
 inline ShrinkPlan plan_shrink(int64_t numel, int L, int NB, int BS, int E, int S, int K, int r,
                               int num_sms) {
-  const int bk = shrink_bk(padded_rank(r), BS, shrink_slices_per_cta(S, r, numel));
+  const int bk = shrink_bk(padded_rank(r), BS);
   const int64_t items =
       max_real_blocks(numel, L, NB, BS, E) * (S / shrink_slices_per_cta(S, r, numel));
   const int64_t want = (4LL * num_sms + items - 1) / items;
@@ -78,7 +81,8 @@ inline int expand_span(int64_t numel, int L, int NB, int BS, int E, int S, int r
                        int num_sms) {
   const int64_t rows = max_real_blocks(numel, L, NB, BS, E) * S;
   const int64_t items2 = rows * ((ntiles + 1) / 2), items4 = rows * ((ntiles + 3) / 4);
-  if (BS > 32 || items2 < num_sms) return 1;
+  if (BS > 32) return padded_rank(r) <= 32 && ntiles >= 2 ? 2 : 1;
+  if (items2 < num_sms) return 1;
   if (BS <= 16 && padded_rank(r) <= 32 && items4 >= 4LL * num_sms && items2 <= 16LL * num_sms)
     return 4;
   return 2;
@@ -162,8 +166,8 @@ cudaError_t launch_with_smem(Kernel kernel, int grid, int smem, cudaStream_t str
 
 template <typename T, int RP, int WM, int NS>
 cudaError_t launch_shrink_ns(const ShrinkArgs& a, int grid, cudaStream_t stream) {
-  constexpr int BK = shrink_bk(RP, 16 * WM, NS);  // rows of the tile: the block size rounded up
-  constexpr int STAGES = 3;
+  constexpr int BK = shrink_bk(RP, 16 * WM);  // rows of the tile: the block size rounded up
+  constexpr int STAGES = shrink_stages(RP, 16 * WM, NS);
   using Tile = ShrinkTile<T, RP, WM, BK, STAGES, NS>;
   return launch_with_smem(moe_lora_shrink_kernel<T, RP, WM, BK, STAGES, NS>, grid, Tile::kSmem,
                           stream, &a, false);
@@ -217,6 +221,7 @@ cudaError_t launch_moe_lora_expand(const ExpandArgs& a, int span, int grid, bool
     if (span >= 2) return launch_expand_span<T, 2, 2>(a, grid, dependent, stream);
     return launch_expand_span<T, 2, 1>(a, grid, dependent, stream);
   }
+  if (span >= 2) return launch_expand_span<T, 4, 2>(a, grid, dependent, stream);
   return launch_expand_span<T, 4, 1>(a, grid, dependent, stream);
 }
 

@@ -221,6 +221,13 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* smem_row) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(s));
 }
+// The inverse of ldmatrix_x4: four 8x8 b16 matrices to shared memory, same lane addressing.
+__device__ __forceinline__ void stmatrix_x4(void* smem_row, const uint32_t* r) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(s),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
 // This lane's row address inside a [16][ld] tile for ldmatrix_x4: as an A fragment (rows 0-15,
 // k halves 0/8) or as the B fragments of n blocks 0-7 and 8-15 (k halves 0/8).
 __device__ __forceinline__ int a_frag_offset(int lane, int ld) {
@@ -243,6 +250,23 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_f32(float v) { return __float2bfloat16_rn(v); }
 template <>
 __device__ __forceinline__ __half from_f32(float v) { return __float2half_rn(v); }
+
+// Two T values packed in 32 bits (element 0 in the low half) to fp32, and back (rounded once).
+template <typename T>
+__device__ __forceinline__ float2 unpack2(uint32_t v);
+template <>
+__device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t v) {
+  return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));
+}
+template <>
+__device__ __forceinline__ float2 unpack2<__half>(uint32_t v) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&v));
+}
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  T pair[2] = {from_f32<T>(lo), from_f32<T>(hi)};
+  return *reinterpret_cast<const uint32_t*>(pair);
+}
 
 // Four fp32 values rounded to T once, at dst[0..4).
 template <typename T>

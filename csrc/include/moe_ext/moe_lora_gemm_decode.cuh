@@ -228,7 +228,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_decode_kernel(const DecodeA
     if (tid < BM) wts[tid] = wmine;
     cp_async_wait<0>();
     __syncthreads();
-    apply_expand_tiles<T, 1, SPAN>(rank_vec, bs, LDA, RP, os, n0, n_end, ids, wts, ex.add);
+    apply_expand_tiles<T, 1, SPAN>(rank_vec, bs, LDA, RP, os, n0, n_end, wts, ex.add);
     __syncthreads();
     store_out_tile<T, BM, BW>(out, ex.out_row, col_base, os, ids, n0, n_end, ex.vec);
   }

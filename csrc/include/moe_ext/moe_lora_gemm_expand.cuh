@@ -49,6 +49,26 @@ __device__ __forceinline__ void load_b_tile(T* bs, int lda, int rc_shift, const 
   }
 }
 
+// Calls f(row, id, col) for each 16-byte chunk (8 columns from col) of the output tile
+// [BM x BW] whose row has a route and whose columns start below n_end - n0. Where whole rows fit
+// a pass of the CTA, each thread keeps one column and steps over rows.
+template <int BM, int BW, typename F>
+__device__ __forceinline__ void for_each_out_chunk(const int* ids, int n0, int n_end, F f) {
+  constexpr int CPR = BW / 8;
+  if constexpr (kThreads % CPR == 0) {
+    const int col = (threadIdx.x % CPR) * 8;
+    if (n0 + col >= n_end) return;
+#pragma unroll
+    for (int row = threadIdx.x / CPR; row < BM; row += kThreads / CPR)
+      if (ids[row] >= 0) f(row, ids[row], col);
+  } else {
+    for (int c = threadIdx.x; c < BM * CPR; c += kThreads) {
+      const int row = c / CPR, col = (c % CPR) * 8;
+      if (ids[row] >= 0 && n0 + col < n_end) f(row, ids[row], col);
+    }
+  }
+}
+
 // Output tile [BM x BW] of the routes ids[] into shared memory (row stride BW + 8), columns
 // [n0, n_end) of the slice starting at col_base: 16-byte cp.async (vec) or element copies. Rows
 // without a route are never touched.
@@ -56,18 +76,16 @@ template <typename T, int BM, int BW>
 __device__ __forceinline__ void load_out_tile(T* os, const T* out, int64_t out_row,
                                               int64_t col_base, const int* ids, int n0, int n_end,
                                               bool vec) {
-  constexpr int LDO = BW + 8;
-  for (int c = threadIdx.x; c < BM * (BW / 8); c += kThreads) {
-    const int row = c / (BW / 8), col = (c % (BW / 8)) * 8, id = ids[row];
-    if (id < 0 || n0 + col >= n_end) continue;
+  for_each_out_chunk<BM, BW>(ids, n0, n_end, [&](int row, int id, int col) {
     const T* src = out + static_cast<int64_t>(id) * out_row + col_base + col;
+    T* dst = os + row * (BW + 8) + col;
     if (vec) {
-      cp_async16(os + row * LDO + col, src, true);
+      cp_async16(dst, src, true);
     } else {
 #pragma unroll
-      for (int q = 0; q < 8; ++q) os[row * LDO + col + q] = src[q];
+      for (int q = 0; q < 8; ++q) dst[q] = src[q];
     }
-  }
+  });
 }
 
 // The finished output tile back to global memory: 16 bytes per thread, whole rows per warp.
@@ -75,35 +93,35 @@ template <typename T, int BM, int BW>
 __device__ __forceinline__ void store_out_tile(T* out, int64_t out_row, int64_t col_base,
                                                const T* os, const int* ids, int n0, int n_end,
                                                bool vec) {
-  constexpr int LDO = BW + 8;
-  for (int c = threadIdx.x; c < BM * (BW / 8); c += kThreads) {
-    const int row = c / (BW / 8), col = (c % (BW / 8)) * 8, id = ids[row];
-    if (id < 0 || n0 + col >= n_end) continue;
+  for_each_out_chunk<BM, BW>(ids, n0, n_end, [&](int row, int id, int col) {
     T* dst = out + static_cast<int64_t>(id) * out_row + col_base + col;
-    const T* src = os + row * LDO + col;
+    const T* src = os + row * (BW + 8) + col;
     if (vec) {
       *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
     } else {
 #pragma unroll
       for (int q = 0; q < 8; ++q) dst[q] = src[q];
     }
-  }
+  });
 }
 
 // d = A[BM x RP] @ B[tile rows x RP].T for the 128-column tiles of the span below n_end, one
 // 16-row fragment of one tile at a time (16 accumulators per thread), applied to the output tile
-// in shared memory: out = round(out + w * d) (or round(w * d)). Every caller runs this very
-// sequence, so the fused and the standalone paths round identically.
+// in shared memory: out = round(fma(d, w, out)) (or round(d * w)). The tile moves between shared
+// memory and the accumulator layout by ldmatrix / stmatrix (four 8x8 blocks per instruction);
+// rows without a route hold garbage that is never stored. Every caller runs this very sequence,
+// so the fused and the standalone paths round identically.
 template <typename T, int MI, int SPAN>
 __device__ __forceinline__ void apply_expand_tiles(const T* as, const T* bs, int lda, int RP,
-                                                   T* os, int n0, int n_end, const int* ids,
-                                                   const float* wts, bool add) {
+                                                   T* os, int n0, int n_end, const float* wts,
+                                                   bool add) {
   constexpr int BN = kExpandBN, LDO = SPAN * BN + 8;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int g = lane >> 2, t4 = lane & 3;
+  const int g = lane >> 2;
   const int a_lane = a_frag_offset(lane, lda), b_lane = b_frag_offset(lane, lda);
+  // This lane's row of the x4 matrices (q = lane / 8): rows + 8 * (q & 1), columns + 8 * (q >> 1).
+  const int o_lane = ((lane & 7) + ((lane >> 3) & 1) * 8) * LDO + warp * 32 + (lane >> 4) * 8;
   for (int tile = 0; tile < SPAN && n0 + tile * BN < n_end; ++tile) {
-    const int cw = tile * BN + warp * 32 + 2 * t4;  // this thread's first column
     const T* bt = bs + (tile * BN + warp * 32) * lda + b_lane;
 #pragma unroll
     for (int i = 0; i < MI; ++i) {
@@ -121,22 +139,25 @@ __device__ __forceinline__ void apply_expand_tiles(const T* as, const T* bs, int
           MmaOp<T>::run(acc[n + 1], af, bf + 2);
         }
       }
+      const float w_row[2] = {wts[i * 16 + g], wts[i * 16 + 8 + g]};
+      T* ot = os + i * 16 * LDO + tile * BN + o_lane;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = i * 16 + g + 8 * h;
-        if (ids[row] < 0) continue;
-        const float wt = wts[row];
+      for (int n = 0; n < 4; n += 2) {
+        // frag[q]: rows g + 8 * (q & 1), columns of n block n + (q >> 1): accumulator pairs.
+        uint32_t frag[4];
+        if (add) ldmatrix_x4(frag, ot + n * 8);
 #pragma unroll
-        for (int n = 0; n < 4; ++n) {
-          T* o = os + row * LDO + cw + n * 8;
-          float o0 = acc[n][2 * h] * wt, o1 = acc[n][2 * h + 1] * wt;
+        for (int q = 0; q < 4; ++q) {
+          const float* d = acc[n + (q >> 1)] + 2 * (q & 1);
+          const float wt = w_row[q & 1];
+          float2 v = make_float2(d[0] * wt, d[1] * wt);
           if (add) {
-            o0 += to_f32(o[0]);
-            o1 += to_f32(o[1]);
+            const float2 o = unpack2<T>(frag[q]);
+            v = make_float2(fmaf(d[0], wt, o.x), fmaf(d[1], wt, o.y));
           }
-          T pair[2] = {from_f32<T>(o0), from_f32<T>(o1)};
-          *reinterpret_cast<uint32_t*>(o) = *reinterpret_cast<const uint32_t*>(pair);
+          frag[q] = pack2<T>(v.x, v.y);
         }
+        stmatrix_x4(ot + n * 8, frag);
       }
     }
   }
@@ -242,7 +263,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
       cp_async_wait<0>();
       __syncthreads();
 
-      apply_expand_tiles<T, MI, SPAN>(as, bs, LDA, p.RP, os, n0, p.N, ids, wts, p.add);
+      apply_expand_tiles<T, MI, SPAN>(as, bs, LDA, p.RP, os, n0, p.N, wts, p.add);
       __syncthreads();
       store_out_tile<T, BM, BW>(out, p.out_row, col_base, os, ids, n0, p.N, p.vec);
     }
