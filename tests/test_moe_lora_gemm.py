@@ -259,8 +259,14 @@ GPU_PLAN_CASES = {
     "decode_c6_span3": dict(T=5, k=8, E=32, L=4, K=768, N=2048, r=16, S=1, x_per_route=True,
                             block_size=16),
     "decode_idle_ctas": dict(T=3, k=4, E=16, L=2, K=1024, N=520, r=32, block_size=16),
+    # 128 items: clusters cut to 4 CTAs (K chunks of 192) to fit one wave on 132 SMs, 4 tiles each
+    "decode_c4_one_wave": dict(T=16, k=8, E=128, L=4, K=768, N=2048, r=16, S=1,
+                               x_per_route=True, block_size=16),
+    # clusters of 5 (K chunks of 288) whose output tile shares the operands' shared memory
+    "decode_late_out": dict(T=16, k=6, E=64, L=4, K=1408, N=2048, r=16, S=1, x_per_route=True,
+                            block_size=16),
     # blocks of 16 with too many items for one wave of decode clusters: shrink + expand kernels
-    "bs16_two_kernels": dict(T=64, k=8, E=64, L=4, K=256, N=520, r=16, block_size=16),
+    "bs16_two_kernels": dict(T=64, k=8, E=64, L=4, K=1024, N=520, r=16, block_size=16),
 }
 
 

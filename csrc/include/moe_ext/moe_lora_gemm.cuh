@@ -102,38 +102,44 @@ inline int reduce_groups(int ksplit, int BS, int RP) {
   return std::max(1, std::min({ksplit, 8, 8192 / (bm * RP)}));
 }
 
-// cluster > 1: thread-block clusters of that many CTAs (grid a multiple of it).
 // Decode path (moe_lora_gemm_decode.cuh: rank vectors on chip) for blocks of at most 16 rows,
 // ranks up to 64 and few items: a cluster of C <= 8 CTAs splits K into chunks of 128 to 384
 // (multiples of 16; one CTA streams its chunk in one go, longer ones were slower: Mixtral's
-// K = 4096 gate_up rank 16 at T = 1, 8.1 -> 9.4 us), and all clusters fit in one wave of 4 CTAs
-// per SM. Depends on the shrink's shapes only, so the standalone shrink op takes the same path
-// (and the same sums) as the fused op.
+// K = 4096 gate_up rank 16 at T = 1, 8.1 -> 9.4 us), and all clusters fit in one wave of at
+// most 4 CTAs per SM (CTAs walking several items in turn were slower than the two kernels).
+// The largest such C is taken, K chunks of 128 first. Shared memory is sized for the widest CTA
+// (kDecodeMaxTiles column tiles): the plan depends on the shrink's shapes only, so the
+// standalone shrink op takes the same path (and the same sums) as the fused op.
 struct DecodePlan {
   int C, kchunk;  // C == 0: not on the decode path
 };
+// (block, slice) items of the decode path: blocks also hold a route each, at most numel.
+inline int64_t decode_items(int64_t numel, int L, int NB, int BS, int E, int S) {
+  return std::min(max_real_blocks(numel, L, NB, BS, E), numel) * S;
+}
+constexpr int kDecodeMaxTiles = 4;
 inline DecodePlan plan_decode(int64_t numel, int L, int NB, int BS, int E, int S, int K, int r,
                               int num_sms) {
   const int RP = padded_rank(r);
   if (BS > 16 || RP > 64) return {0, 0};
-  const int C = std::min(static_cast<int>(kMaxCluster), (K + 127) / 128);
-  const int kchunk = ((K + C - 1) / C + 15) / 16 * 16;
-  if (kchunk > 384) return {0, 0};
-  if (max_real_blocks(numel, L, NB, BS, E) * S * C > 4LL * num_sms) return {0, 0};
-  return {C, kchunk};
+  const int64_t items = decode_items(numel, L, NB, BS, E, S);
+  for (int C = std::min(static_cast<int>(kMaxCluster), (K + 127) / 128); C >= 1; --C) {
+    const int kchunk = ((K + C - 1) / C + 15) / 16 * 16;
+    if (kchunk > 384) break;
+    const int fit = ctas_by_smem(DecodeLayout(L, RP, kchunk, kDecodeMaxTiles, 2, true).total);
+    if (items * C <= static_cast<int64_t>(std::min(fit, 4)) * num_sms) return {C, kchunk};
+  }
+  return {0, 0};
 }
 
 // Column tiles per CTA of a decode cluster; the fused op runs in one launch up to 4 (shared
 // memory), else as the decode shrink then the expand kernel.
 inline int decode_tiles(int ntiles, int C) { return (ntiles + C - 1) / C; }
-constexpr int kDecodeMaxTiles = 4;
 
 // Clusters: one per (block, slice) item up to what is resident (CTAs that shared memory allows
 // per SM, at most 16).
-inline int decode_grid(int64_t numel, int L, int NB, int BS, int E, int S, int C, int smem,
-                       int num_sms) {
+inline int decode_grid(int64_t items, int C, int smem, int num_sms) {
   const int fit = std::max(1, std::min(16, ctas_by_smem(smem)));
-  const int64_t items = max_real_blocks(numel, L, NB, BS, E) * S;
   const int64_t clusters = std::max<int64_t>(1, std::min<int64_t>(items, fit * num_sms / C));
   return static_cast<int>(clusters * C);
 }
@@ -226,12 +232,20 @@ cudaError_t launch_moe_lora_expand(const ExpandArgs& a, int span, int grid, bool
 }
 
 template <typename T, int RP, int SPAN>
-cudaError_t launch_decode_rp_span(const DecodeArgs& a, int C, int span, cudaStream_t stream,
+cudaError_t launch_decode_rp_span(const DecodeArgs& args, int C, int span, cudaStream_t stream,
                                   int num_sms) {
-  const DecodeLayout lay(a.sh.rt.L, RP, a.sh.kchunk, span, static_cast<int>(sizeof(T)));
-  const int grid = decode_grid(a.sh.rt.numel, a.sh.rt.L, a.sh.rt.NB, a.sh.rt.BS, a.sh.rt.E,
-                               a.sh.S, C, lay.total, num_sms);
-  return launch_with_smem(moe_lora_decode_kernel<T, RP, SPAN>, grid, lay.total, stream, &a,
+  const Routing& rt = args.sh.rt;
+  const int64_t items = decode_items(rt.numel, rt.L, rt.NB, rt.BS, rt.E, args.sh.S);
+  const int elem = static_cast<int>(sizeof(T));
+  // The output tile shares the operands' space only where that is needed for one wave: it is
+  // then loaded once they are consumed, a round trip later than with them.
+  DecodeArgs a = args;
+  a.late_out = span > 0 && items * C > static_cast<int64_t>(ctas_by_smem(DecodeLayout(
+                                           rt.L, RP, a.sh.kchunk, span, elem, false).total)) *
+                                           num_sms;
+  const DecodeLayout lay(rt.L, RP, a.sh.kchunk, span, elem, a.late_out);
+  return launch_with_smem(moe_lora_decode_kernel<T, RP, SPAN>,
+                          decode_grid(items, C, lay.total, num_sms), lay.total, stream, &a,
                           false, C);
 }
 

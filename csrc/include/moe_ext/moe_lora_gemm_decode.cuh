@@ -20,6 +20,7 @@ struct DecodeArgs {
                   // 16); tmp = intermediate [S, numel, r] for the standalone shrink
   ExpandArgs ex;  // lora_b, N, ntiles, weights, output; out == nullptr: shrink only
   int tiles;      // 128-column tiles per CTA, at most SPAN (C * tiles >= ntiles)
+  bool late_out;  // the output tile shares the operands' space (DecodeLayout)
 };
 
 __device__ __forceinline__ unsigned cluster_rank() {
@@ -59,19 +60,23 @@ __device__ __forceinline__ float4 load_peer_f4(const float* local, unsigned rank
 
 // Shared memory of one CTA (bytes, 128-aligned parts from 0): work prefix [L + 1], scan scratch,
 // ids and weights, then partial [16][RP] fp32 (read by the cluster), operands x [16][KC + 8] and
-// lora_a [RP][KC + 8] (later the warps' fp32 sums [4][16][RP]), rank vectors [16][RP + 8], then
-// the expand's B tile [SPAN * 128][RP + 8] and output tile [16][SPAN * 128 + 8].
+// lora_a [RP][KC + 8] (once consumed: the warps' fp32 sums [4][16][RP], and with late_out the
+// output tile [16][SPAN * 128 + 8]), rank vectors [16][RP + 8], the expand's B tile
+// [SPAN * 128][RP + 8], then (without late_out) the output tile.
 struct DecodeLayout {
-  int partial, operands, rank, btile, otile, total;
+  int partial, operands, otile, rank, btile, total;
   __host__ __device__ static int align(int b) { return (b + 127) / 128 * 128; }
-  __host__ __device__ DecodeLayout(int L, int RP, int KC, int span, int elem) {
+  __host__ __device__ DecodeLayout(int L, int RP, int KC, int span, int elem, bool late_out) {
     partial = align(4 * (L + 1) + 4 * 4 + 4 * 16 + 4 * 16);
     operands = partial + align(16 * RP * 4);
-    const int ops = (16 + RP) * (KC + 8) * elem, red = 4 * 16 * RP * 4;
-    rank = operands + align(ops > red ? ops : red);
+    const int ops = align((16 + RP) * (KC + 8) * elem), red = align(4 * 16 * RP * 4);
+    const int out = span > 0 ? align(16 * (span * kExpandBN + 8) * elem) : 0;
+    const int reuse = red + (late_out ? out : 0);
+    rank = operands + (ops > reuse ? ops : reuse);
     btile = rank + align(16 * (RP + 8) * elem);
-    otile = btile + align(span * kExpandBN * (RP + 8) * elem);
-    total = otile + (span > 0 ? align(16 * (span * kExpandBN + 8) * elem) : 0);
+    const int end = btile + align(span * kExpandBN * (RP + 8) * elem);
+    otile = late_out ? operands + red : end;
+    total = late_out ? end : end + out;
   }
 };
 
@@ -83,7 +88,9 @@ __global__ void __launch_bounds__(kThreads) moe_lora_decode_kernel(const DecodeA
   const ExpandArgs& ex = p.ex;
   const Routing& rt = sh.rt;
   const int KC = sh.kchunk, LDX = KC + 8, XC = KC / 8;
-  const DecodeLayout lay(rt.L, RP, KC, SPAN, static_cast<int>(sizeof(T)));
+  // The shrink-only mode (no output) is launched with the layout of no column tiles.
+  const DecodeLayout lay(rt.L, RP, KC, ex.out != nullptr ? SPAN : 0, static_cast<int>(sizeof(T)),
+                         p.late_out);
   int* prefix = reinterpret_cast<int*>(smem);
   int* scratch = prefix + rt.L + 1;
   int* ids = scratch + 4;
@@ -143,7 +150,8 @@ __global__ void __launch_bounds__(kThreads) moe_lora_decode_kernel(const DecodeA
     if (expand && n0 < n_end) {
       const T* bw = static_cast<const T*>(ex.b[s]) + l * ex.b_sl[s] + e * ex.b_se[s];
       load_b_tile(bs, LDA, rc_shift, bw, ex.b_sn[s], n0, BW, n_end, ex.rb);
-      if (ex.add) load_out_tile<T, BM, BW>(os, out, ex.out_row, col_base, ids, n0, n_end, ex.vec);
+      if (ex.add && !p.late_out)
+        load_out_tile<T, BM, BW>(os, out, ex.out_row, col_base, ids, n0, n_end, ex.vec);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -166,7 +174,12 @@ __global__ void __launch_bounds__(kThreads) moe_lora_decode_kernel(const DecodeA
         MmaOp<T>::run(acc[n + 1], af, bf + 2);
       }
     }
-    __syncthreads();  // operands consumed: red reuses their space
+    __syncthreads();  // operands consumed: red (and with late_out the output tile) reuse them
+    // The output rows arrive while the cluster sums the partials.
+    if (expand && n0 < n_end && ex.add && p.late_out) {
+      load_out_tile<T, BM, BW>(os, out, ex.out_row, col_base, ids, n0, n_end, ex.vec);
+      cp_async_commit();
+    }
 #pragma unroll
     for (int n = 0; n < NF; ++n) {
       const int col = n * 8 + 2 * t4;
