@@ -241,6 +241,14 @@ void run_decode(const MoeLoraGemmDims& d, const lg::Routing& rt, const lg::Decod
   MOE_EXT_CHECK_CUDA_LAUNCH(err);
 }
 
+// The decode path's shrink alone, writing intermediate [S, numel, r].
+void run_decode_shrink(const MoeLoraGemmDims& d, const lg::Routing& rt, const lg::DecodePlan& plan,
+                       const at::Tensor& x, const std::vector<at::Tensor>& lora_a,
+                       const at::Tensor& intermediate, int sms, cudaStream_t stream) {
+  run_decode(d, rt, plan, x, lora_a, {}, at::Tensor(), false, at::Tensor(), intermediate, sms,
+             stream);
+}
+
 }  // namespace
 
 void fused_moe_lora_cuda(const at::Tensor& output, const at::Tensor& x,
@@ -275,7 +283,7 @@ void fused_moe_lora_cuda(const at::Tensor& output, const at::Tensor& x,
     // Wide outputs: the decode shrink, then the expand kernel from its rank vectors (exactly
     // the standalone shrink + expand).
     const at::Tensor inter = at::empty({d.S, d.numel, d.r}, x.options());
-    run_decode(d, rt, plan, x, lora_a, {}, at::Tensor(), false, at::Tensor(), inter, sms, stream);
+    run_decode_shrink(d, rt, plan, x, lora_a, inter, sms, stream);
     run_expand(d, rt, at::Tensor(), 1, inter, b, w, add_inputs, output, sms, true, stream);
     return;
   }
@@ -300,8 +308,7 @@ void fused_moe_lora_shrink_cuda(const at::Tensor& intermediate, const at::Tensor
   const lg::Routing& rt = routing.rt;
   const lg::DecodePlan plan = decode_plan(d, rt, sms);
   if (plan.C > 0) {
-    run_decode(d, rt, plan, x, lora_a, {}, at::Tensor(), false, at::Tensor(), intermediate, sms,
-               stream);
+    run_decode_shrink(d, rt, plan, x, lora_a, intermediate, sms, stream);
     return;
   }
   const auto [partial, ksplit] = run_shrink(d, rt, x, lora_a, sms, stream);

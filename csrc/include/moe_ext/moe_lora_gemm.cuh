@@ -239,10 +239,10 @@ cudaError_t launch_decode_rp_span(const DecodeArgs& args, int C, int span, cudaS
   const int elem = static_cast<int>(sizeof(T));
   // The output tile shares the operands' space only where that is needed for one wave: it is
   // then loaded once they are consumed, a round trip later than with them.
+  const int fit_apart =
+      ctas_by_smem(DecodeLayout(rt.L, RP, args.sh.kchunk, span, elem, false).total);
   DecodeArgs a = args;
-  a.late_out = span > 0 && items * C > static_cast<int64_t>(ctas_by_smem(DecodeLayout(
-                                           rt.L, RP, a.sh.kchunk, span, elem, false).total)) *
-                                           num_sms;
+  a.late_out = span > 0 && items * C > static_cast<int64_t>(fit_apart) * num_sms;
   const DecodeLayout lay(rt.L, RP, a.sh.kchunk, span, elem, a.late_out);
   return launch_with_smem(moe_lora_decode_kernel<T, RP, SPAN>,
                           decode_grid(items, C, lay.total, num_sms), lay.total, stream, &a,

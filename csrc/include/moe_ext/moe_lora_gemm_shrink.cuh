@@ -55,9 +55,8 @@ __device__ __forceinline__ void store_pair(const ShrinkArgs& p, float* partial_s
     *reinterpret_cast<float2*>(partial_slice + static_cast<int64_t>(id) * p.RP + col) =
         make_float2(v0, v1);
   } else {
-    T pair[2] = {from_f32<T>(v0), from_f32<T>(v1)};
     T* dst = static_cast<T*>(p.tmp) + (static_cast<int64_t>(s) * p.rt.numel + id) * p.RP + col;
-    *reinterpret_cast<uint32_t*>(dst) = *reinterpret_cast<const uint32_t*>(pair);
+    *reinterpret_cast<uint32_t*>(dst) = pack2<T>(v0, v1);
   }
 }
 
