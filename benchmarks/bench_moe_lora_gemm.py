@@ -76,14 +76,14 @@ def align(topk_ids, mapping, E, block_size):
     return [t.cuda() for t in out]
 
 
-def setup_case(preset, op, T, r, bw, gen, pools):
+def setup_case(preset, op, T, r, bw, gen, pools, block_size=None):
     """Inputs of one case, its bytes floor and `call(i)`: fused_moe_lora on weight copy i."""
     H, inter_size, E, k = PRESETS[preset]
     S, K, N = (2, H, inter_size) if op == "gate_up" else (1, inter_size, H)
     numel = T * k
     dtype = torch.bfloat16
     topk_ids, mapping = routing(T, k, E, gen)
-    bs = choose_block_size(numel, E, L)
+    bs = block_size or choose_block_size(numel, E, L)
     sorted_ids, expert_ids, post_pad = align(topk_ids, mapping, E, bs)
     pairs = len({(int(mapping[t]), int(e)) for t in range(T) for e in topk_ids[t].tolist()})
     pair_bytes = S * (r * K + N * r) * 2
@@ -110,8 +110,8 @@ def setup_case(preset, op, T, r, bw, gen, pools):
                            call=call)
 
 
-def bench_case(preset, op, T, r, bw, gen, pools, baseline=True):
-    cs = setup_case(preset, op, T, r, bw, gen, pools)
+def bench_case(preset, op, T, r, bw, gen, pools, baseline=True, block_size=None):
+    cs = setup_case(preset, op, T, r, bw, gen, pools, block_size)
     S, N, k, E, numel, dtype = cs.S, cs.N, cs.k, cs.E, cs.numel, cs.dtype
     topk_ids, mapping, x, out, weights = cs.topk_ids, cs.mapping, cs.x, cs.out, cs.weights
     need, mul, floor_us = cs.need, cs.mul, cs.floor_us
@@ -172,6 +172,8 @@ def main():
     parser.add_argument("--ops", default="gate_up,down")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline")
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="alignment block size for every case (default: choose_block_size)")
     args = parser.parse_args()
     anchors = json.load(open(os.path.join(HERE, "vllm_h100_anchors.json")))["cases"]
     device = torch.cuda.get_device_name()
@@ -188,7 +190,8 @@ def main():
             for r in [int(v) for v in args.ranks.split(",")]:
                 pools = make_pools(preset, op, r)
                 for T in [int(v) for v in args.tokens.split(",")]:
-                    row = bench_case(preset, op, T, r, bw, gen, pools, not args.no_baseline)
+                    row = bench_case(preset, op, T, r, bw, gen, pools, not args.no_baseline,
+                                     args.block_size)
                     ref = anchors.get(f"{preset}/{op}/T{T}/r{r}")
                     row["vllm_us"] = ref["vllm_us"] if ref else None
                     row["speedup_vs_vllm"] = ref["vllm_us"] / row["us"] if ref else None
