@@ -31,12 +31,14 @@ def choose_block_size(num_routes: int, num_experts: int, max_loras: int) -> int:
     """Block size from shapes only (graph-safe): about the routes one (adapter, expert) pair gets.
 
     Small blocks waste less padding when pairs see few routes (decode); larger blocks re-read
-    each pair's weights fewer times when they see many (prefill).
+    each pair's weights fewer times when they see many (prefill). Blocks of 64 only where they
+    make at least 64 blocks: fewer leave most SMs idle (Mixtral-8x7B at T = 1024, 32 blocks of
+    64: the layer's two LoRA GEMMs 5-15 % faster with blocks of 32 on an H100).
     """
     per_pair = num_routes / max(1, num_experts * max_loras)
     if per_pair <= 16:
         return 16
-    if per_pair <= 48:
+    if per_pair <= 48 or num_routes < 64 * 64:
         return 32
     return 64
 

@@ -445,3 +445,15 @@ def test_layer_helper(device):
     got = down.clone()
     lora.down(got, act, weights, routing)
     torch.testing.assert_close(got.cpu().float(), want.float(), **TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize(
+    "routes, experts, loras, want",
+    [(8, 128, 4, 16), (8192, 128, 4, 16), (6144, 64, 4, 32), (24576, 64, 4, 64),
+     (2048, 8, 4, 32), (8192, 8, 4, 64), (512, 8, 4, 16)],
+)
+def test_choose_block_size(routes, experts, loras, want):
+    from moe_ext.layer import choose_block_size
+
+    # Routes per (adapter, expert) pair set the size; 64 only where that still makes 64 blocks.
+    assert choose_block_size(routes, experts, loras) == want

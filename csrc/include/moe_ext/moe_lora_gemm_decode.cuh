@@ -130,11 +130,13 @@ __global__ void __launch_bounds__(kThreads) moe_lora_decode_kernel(const DecodeA
     if (!__syncthreads_or(mine >= 0)) continue;
     const float wmine = mine >= 0 && ex.weights != nullptr ? ex.weights[mine] : 1.f;
 
-    // Operands of K chunk c, all in flight at once: x rows of the routes and lora_a rows (rows
-    // without a route, ranks past r and columns past K zero-filled).
+    // Operands of K chunk c, all in flight at once: x rows of the routes and lora_a rows (ranks
+    // past r and columns past K zero-filled; rows without a route are left as they are: they
+    // only reach partial rows that are never summed).
     for (int q = tid; q < BM * XC; q += kThreads) {
       const int row = q / XC, col = (q % XC) * 8, id = ids[row];
-      const bool ok = id >= 0 && k_begin + col < k_end;
+      if (id < 0) continue;
+      const bool ok = k_begin + col < k_end;
       const int64_t xr = sh.x_per_route ? id : id / sh.top_k;
       cp_async16(xs + row * LDX + col, ok ? x + xr * sh.x_row_stride + k_begin + col : x, ok);
     }
