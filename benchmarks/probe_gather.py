@@ -46,12 +46,13 @@ def probe(preset, T, r=16):
         "shrink": (lambda: moe_ext.fused_moe_lora_shrink(
             inter, x, a, sorted_ids, expert_ids, post_pad, k), x_bytes),
         "expand": (lambda: moe_ext.fused_moe_lora_expand(
-            out, inter, b, weights, sorted_ids, expert_ids, post_pad, k, True, True), 2 * out_bytes),
+            out, inter, b, weights, sorted_ids, expert_ids, post_pad, k, True, True),
+            2 * out_bytes),
     }
     for name, (fn, nbytes) in rows.items():
         us = graph_replay_us(fn, calls_per_graph=10, replays=20)
-        print(f"{preset:18} T={T:5d} BS={bs:3d} {name:7} {us:8.1f} us {nbytes / us / 1e3:7.0f} GB/s",
-              flush=True)
+        print(f"{preset:18} T={T:5d} BS={bs:3d} {name:7} {us:8.1f} us "
+              f"{nbytes / us / 1e3:7.0f} GB/s", flush=True)
 
 
 def main():

@@ -49,13 +49,14 @@ def main():
     nbytes = x.numel() * 2
     print(torch.cuda.get_device_name(), f"{nbytes / 1e6:.0f} MB of rows of {K * 2} bytes")
     for rows in (1, 4, 16):
-        us = graph_replay_us(lambda: read_whole[(numel // rows,)](x, idx, out, K, 2048, rows),
-                             calls_per_graph=10, replays=20)
+        us = graph_replay_us(
+            lambda rows=rows: read_whole[(numel // rows,)](x, idx, out, K, 2048, rows),
+            calls_per_graph=10, replays=20)
         print(f"whole   rows/program {rows:3d}        {us:7.1f} us {nbytes / us / 1e3:6.0f} GB/s")
     for bk in (64, 128, 256):
         for stages in (3, 6):
             us = graph_replay_us(
-                lambda: read_stripes[(numel // 64,)](x, idx, out, K, bk, stages),
+                lambda bk=bk, st=stages: read_stripes[(numel // 64,)](x, idx, out, K, bk, st),
                 calls_per_graph=10, replays=20)
             print(f"stripes BK {bk:3d} stages {stages}     {us:7.1f} us "
                   f"{nbytes / us / 1e3:6.0f} GB/s")
