@@ -1,3 +1,7 @@
+#!/usr/bin/env bash
+# On the GPU machine: Nsight Compute stall reasons (cycles per issued instruction), instruction
+# count and DRAM / L2 bytes of every kernel in one eager call per case.
+#   scripts/device_ncu_stalls.sh preset/op/T/r [...]
 set -uo pipefail
 export PYTHONPATH="$PWD:$PWD/benchmarks" PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -16,6 +20,6 @@ for r in rows[1:]:
     if r[ii]!=cur: cur=r[ii]; print("---",cur,r[ki].split("(")[0][5:60])
     n=r[mi].replace("smsp__average_warps_issue_stalled_","").replace("_per_issue_active.ratio","")
     try: v=float(r[vi].replace(",",""))
-    except: continue
+    except ValueError: continue
     if v>0.05: print(f"   {n:40} {v:,.2f}")
 PY
