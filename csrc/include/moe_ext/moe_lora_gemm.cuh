@@ -246,7 +246,7 @@ cudaError_t launch_decode_rp_span(const DecodeArgs& args, int C, int span, cudaS
   const DecodeLayout lay(rt.L, RP, a.sh.kchunk, span, elem, a.late_out);
   return launch_with_smem(moe_lora_decode_kernel<T, RP, SPAN>,
                           decode_grid(items, C, lay.total, num_sms), lay.total, stream, &a,
-                          false, C);
+                          true, C);
 }
 
 template <typename T, int RP>

@@ -119,7 +119,8 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // Programmatic dependent launch: the shrink lets the expand grid start early (it prefetches
-// weights and output), and the expand waits for the shrink's partials only where it reads them.
+// weights and output), and the expand waits for the shrink's partials only where it reads them;
+// the decode kernel waits for the stream's previous kernel before its first read.
 __device__ __forceinline__ void pdl_launch_dependents() {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }

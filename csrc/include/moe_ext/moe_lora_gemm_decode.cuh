@@ -117,7 +117,11 @@ __global__ void __launch_bounds__(kThreads) moe_lora_decode_kernel(const DecodeA
   const int rc_shift = __ffs(RP) - 4;
   bool reading = false;  // the cluster may still read this CTA's partial
 
-  pdl_launch_dependents();  // a standalone expand behind the shrink-only mode may start early
+  // Launched behind the stream's previous kernel (programmatic dependent launch): the grid is
+  // scheduled while that kernel runs and reads nothing before it completes. Back-to-back decode
+  // calls then overlap one call's launch with the previous call's tail.
+  pdl_wait_primary();
+  pdl_launch_dependents();  // the next kernel may be scheduled now (it waits for this one)
   const int nblk = build_work_prefix(rt, prefix, scratch);
   for (int w = cluster; w < nblk * sh.S; w += clusters) {
     const int wb = w % nblk, s = w / nblk;
