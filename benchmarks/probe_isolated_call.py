@@ -1,11 +1,11 @@
 """Latency of one fused_moe_lora call when the kernel before it does not let it start early.
 
-The GEMM benchmark replays calls back to back: with programmatic dependent launch each call's
-kernels are scheduled while the previous call runs (and pull their weights into L2 then). Here
-every call follows a plain PyTorch kernel (an in-place add over 32 MB, which never triggers its
-dependents early), so the call starts from nothing, as after a kernel that knows nothing of PDL.
-Per call: (graph of [add, call] x n - graph of [add] x n) / n, median of replays, weights cold
-in L2 as in the benchmark.
+The GEMM benchmark replays calls back to back: with programmatic dependent launch the decode
+kernel of each call is scheduled while the previous call runs. Here every call follows a plain
+PyTorch kernel (an in-place add over 32 MB, which never triggers its dependents early), so the
+call starts from nothing, as after a kernel that knows nothing of PDL. Per call: (graph of
+[add, call] x n - graph of [add] x n) / n, median of replays, weights cold in L2 as in the
+benchmark.
 
     python benchmarks/probe_isolated_call.py [--tokens 1,16] [--presets ...] [--ranks 16,64]
 """
