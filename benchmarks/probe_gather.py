@@ -10,26 +10,22 @@ Bandwidth counts the bytes each one must move (x or output rows; weights are sma
 """
 
 import torch
+from bench_moe_lora_gemm import PRESETS, L, align, routing
 
 import moe_ext
 from moe_ext.layer import choose_block_size
-from moe_ext.presets import PRESETS
 from moe_ext.timing import graph_replay_us
 
-L = 4
 CASES = (("deepseek_v2_lite", 4096), ("qwen3_30b_a3b", 4096), ("gpt_oss_20b", 4096),
          ("mixtral_8x7b", 1024))
 
 
 def probe(preset, T, r=16):
-    H, inter_size, E, k = PRESETS[preset.replace("_", "-")]
+    H, inter_size, E, k = PRESETS[preset]
     K, N, numel = inter_size, H, T * k
-    gen = torch.Generator().manual_seed(0)
-    topk_ids = torch.rand(T, E, generator=gen).topk(k, dim=1).indices.int().cuda()
-    mapping = (torch.arange(T) % L).int().cuda()
+    topk_ids, mapping = routing(T, k, E, torch.Generator().manual_seed(0))
     bs = choose_block_size(numel, E, L)
-    sorted_ids, expert_ids, post_pad = torch.ops.moe_ext.moe_lora_align_block_size(
-        topk_ids, mapping, E, bs, L)
+    sorted_ids, expert_ids, post_pad = align(topk_ids, mapping, E, bs)
     x = torch.randn(numel, K, device="cuda", dtype=torch.bfloat16)
     a = [torch.randn(L, E, r, K, device="cuda", dtype=torch.bfloat16) * K**-0.5]
     b = [torch.randn(L, E, N, r, device="cuda", dtype=torch.bfloat16) * r**-0.5]
