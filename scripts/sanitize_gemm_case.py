@@ -11,18 +11,22 @@ import moe_ext  # noqa: E402
 
 # (T, K, r, block size, x per route, offset, slices): one K chunk, a K split of 8 chunks, gate/up
 # slices sharing the x tile at >= 1024 routes, a K split at >= 1024 routes, the element-wise
-# output path; then expand items of 4 and 2 column tiles (decode sizes), and decode clusters whose
-# output tile shares the operands' shared memory.
+# output path; then expand items of several column tiles (decode sizes), decode clusters whose
+# output tile shares the operands' shared memory, and stream-expand items of 7 tiles through a
+# ring of 3 slots.
 SHAPE = dict(k=3, E=5, L=3, N=136)
 CASES = ((21, 136, 16, 4, False, 8, 2), (21, 136, 24, 32, True, 8, 2),
          (21, 136, 64, 64, False, 8, 2), (5, 2056, 24, 16, False, 8, 2),
          (400, 136, 16, 64, False, 2, 2), (342, 1024, 16, 64, True, 8, 1))
 SPAN_SHAPE = dict(k=8, E=128, L=4, N=2000)
-SPAN_CASES = ((16, 256, 16, 16, True, 8, 1), (16, 128, 64, 16, False, 2, 2),
+SPAN_CASES = ((16, 256, 16, 16, True, 8, 1), (40, 128, 64, 16, False, 2, 2),
               (16, 1408, 16, 16, True, 8, 1))
-for shape, (T, K, r, bs, per_route, offset, S) in [(SHAPE, c) for c in CASES] + [
-    (SPAN_SHAPE, c) for c in SPAN_CASES
-]:
+RING_SHAPE = dict(k=2, E=8, L=4, N=5000)
+RING_CASES = ((32, 4096, 64, 16, False, 8, 2),)
+for shape, (T, K, r, bs, per_route, offset, S) in (
+    [(SHAPE, c) for c in CASES] + [(SPAN_SHAPE, c) for c in SPAN_CASES]
+    + [(RING_SHAPE, c) for c in RING_CASES]
+):
     k = shape["k"]
     c = make_case("cuda", torch.bfloat16, T=T, K=K, r=r, S=S, block_size=bs,
                   x_per_route=per_route, offset=offset, extra_cols=8, **shape)

@@ -248,11 +248,12 @@ GPU_PLAN_CASES = {
     # >= 1024 routes with K split in 4 (fp32 partials summed by the expand)
     "prefill_splitk": dict(T=256, k=4, E=4, L=2, K=1024, N=136, r=16, S=1, x_per_route=True,
                            block_size=64),
-    # decode-size expand items spanning 4 / 2 adjacent column tiles (132-SM GPUs), the last
-    # span partly past N
-    "decode_span4": dict(T=16, k=8, E=128, L=4, K=256, N=2000, r=16, S=1, x_per_route=True,
-                         block_size=16),
-    "decode_span2_r64": dict(T=16, k=8, E=64, L=4, K=128, N=520, r=64, block_size=16),
+    # decode-size expand: the stream expand from the decode shrink's rank vectors (16 tiles
+    # per slice, items of 3), and tiled items of 2 adjacent column tiles (rank 64 past 264
+    # routes on 132-SM GPUs), the last span partly past N
+    "decode_stream_from_shrink": dict(T=16, k=8, E=128, L=4, K=256, N=2000, r=16, S=1,
+                                      x_per_route=True, block_size=16),
+    "decode_span2_r64": dict(T=40, k=8, E=64, L=4, K=128, N=520, r=64, block_size=16),
     "decode_span2_bs32": dict(T=64, k=4, E=8, L=2, K=128, N=600, r=40, block_size=32),
     # one-launch decode path: clusters of 6 CTAs holding 3 column tiles each; clusters of 8
     # where 3 CTAs have no column tile (they only add their K chunk)
@@ -267,6 +268,9 @@ GPU_PLAN_CASES = {
                             block_size=16),
     # blocks of 16 with too many items for one wave of decode clusters: shrink + expand kernels
     "bs16_two_kernels": dict(T=64, k=8, E=64, L=4, K=1024, N=520, r=16, block_size=16),
+    # stream expand: items of 7 column tiles through a ring of 3 slots (the last tile partly
+    # past N), rank vectors summed from 8 K chunks in 5 groups inside the ring's last slot
+    "stream_ring_wrap": dict(T=32, k=2, E=8, L=4, K=4096, N=5000, r=64, block_size=16),
 }
 
 

@@ -201,6 +201,14 @@ void run_expand(const MoeLoraGemmDims& d, const lg::Routing& rt, const at::Tenso
     if (partial.defined()) args.r = args.RP;  // the workspace holds zeros past the rank
     args.inter_vec = aligned16(inter) && args.inter_ld % 8 == 0 && args.r % 8 == 0;
   }
+  if (lg::use_stream_expand(d.numel, rt.BS, args.r, sms)) {
+    const cudaError_t err =
+        output.scalar_type() == at::kHalf
+            ? lg::launch_moe_lora_expand_stream<__half>(args, dependent, stream, sms)
+            : lg::launch_moe_lora_expand_stream<__nv_bfloat16>(args, dependent, stream, sms);
+    MOE_EXT_CHECK_CUDA_LAUNCH(err);
+    return;
+  }
   const int span =
       lg::expand_span(d.numel, rt.L, rt.NB, rt.BS, rt.E, args.S, args.r, args.ntiles, sms);
   const int grid =

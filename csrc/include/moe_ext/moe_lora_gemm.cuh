@@ -6,7 +6,8 @@
 //
 // for every route i listed in a real block (l, b) of the alignment, e = expert of the block.
 // At decode sizes (plan_decode) both run in one launch of thread-block clusters instead
-// (moe_lora_gemm_decode.cuh). Grids depend on shapes only; each CTA walks the compact list of
+// (moe_lora_gemm_decode.cuh); elsewhere, blocks of 16 rows expand through the stream kernel
+// (moe_lora_gemm_expand_stream.cuh) where use_stream_expand says so. Grids depend on shapes only; each CTA walks the compact list of
 // real blocks built from num_tokens_post_pad, so CUDA-graph replays with new routing stay
 // correct.
 #pragma once
@@ -14,6 +15,7 @@
 #include <algorithm>
 
 #include "moe_ext/moe_lora_gemm_decode.cuh"
+#include "moe_ext/moe_lora_gemm_expand_stream.cuh"
 
 namespace moe_ext {
 namespace lora_gemm {
@@ -71,21 +73,16 @@ inline ShrinkPlan plan_shrink(int64_t numel, int L, int NB, int BS, int E, int S
   return {ksplit, kchunk, static_cast<int>(std::max<int64_t>(1, grid))};
 }
 
-// Adjacent 128-column tiles per expand work item. With blocks of 16 or 32 rows (a route or two
-// each at decode sizes) two tiles share one block lookup and one partial sum and their weights
-// arrive together, wherever that leaves an item per SM; four tiles for ranks <= 32 where the
-// grid is not full anyway (>= 4 items per SM, at most 16 CTAs' worth at two tiles). Blocks of
-// 64+ rows keep one tile: shared memory per CTA stays small. (H100: decode sizes 10-20 %
-// faster than one tile per item; rank 64 with four tiles was slower than two.)
+// Adjacent 128-column tiles per item of the tiled expand (blocks of 16 rows: ranks above 32 past
+// use_stream_expand). With blocks of 16 or 32 rows (a few routes each) two tiles share one
+// block lookup and one partial sum and their weights arrive together, wherever that leaves an
+// item per SM. Blocks of 64+ rows keep one tile: shared memory per CTA stays small. (H100:
+// decode sizes 10-20 % faster than one tile per item; rank 64 with four tiles was slower.)
 inline int expand_span(int64_t numel, int L, int NB, int BS, int E, int S, int r, int ntiles,
                        int num_sms) {
   const int64_t rows = max_real_blocks(numel, L, NB, BS, E) * S;
-  const int64_t items2 = rows * ((ntiles + 1) / 2), items4 = rows * ((ntiles + 3) / 4);
   if (BS > 32) return padded_rank(r) <= 32 && ntiles >= 2 ? 2 : 1;
-  if (items2 < num_sms) return 1;
-  if (BS <= 16 && padded_rank(r) <= 32 && items4 >= 4LL * num_sms && items2 <= 16LL * num_sms)
-    return 4;
-  return 2;
+  return rows * ((ntiles + 1) / 2) < num_sms ? 1 : 2;
 }
 
 // Up to 16 CTAs per SM (the expand holds 16 accumulators per thread): at decode sizes each CTA
@@ -96,10 +93,30 @@ inline int expand_grid(int64_t numel, int L, int NB, int BS, int E, int S, int n
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(items, 16LL * num_sms)));
 }
 
-// Chunk groups summed in parallel by the expand stage: up to 8, within 32 KB of scratch.
+// Chunk groups summed in parallel by the expand stage: up to 8, within 32 KB of scratch (blocks
+// of 16 rows: within one slot of the stream expand's ring, where the sums live).
 inline int reduce_groups(int ksplit, int BS, int RP) {
-  const int bm = BS <= 16 ? 16 : BS <= 32 ? 32 : 64;
+  if (BS <= 16)
+    return std::max(1, std::min({ksplit, 8, StreamLayout::slot_bytes(RP, 2) / (16 * RP * 4)}));
+  const int bm = BS <= 32 ? 32 : 64;
   return std::max(1, std::min({ksplit, 8, 8192 / (bm * RP)}));
+}
+
+// Blocks of <= 16 rows take the stream expand at ranks <= 32, and at larger ranks up to 2 routes
+// per SM (H100, rank 64: 10-25 % faster at T = 16-64 up to 256 routes, 5-15 % slower than the
+// tiled expand at 384-2048 routes, where its long items run in more than one wave).
+inline bool use_stream_expand(int64_t numel, int BS, int r, int num_sms) {
+  return BS <= 16 && (padded_rank(r) <= 32 || numel <= 2LL * num_sms);
+}
+
+// Tiles per item of the stream expand: the items of the bound on real blocks about fill the
+// resident CTAs once (long items keep the ring full).
+inline int stream_group(int64_t numel, int L, int NB, int BS, int E, int S, int ntiles,
+                        int64_t resident) {
+  const int64_t rows = max_real_blocks(numel, L, NB, BS, E) * S;
+  const int64_t groups =
+      std::max<int64_t>(1, std::min<int64_t>(ntiles, (resident + rows - 1) / rows));
+  return static_cast<int>((ntiles + groups - 1) / groups);
 }
 
 // Decode path (moe_lora_gemm_decode.cuh: rank vectors on chip) for blocks of at most 16 rows,
@@ -219,7 +236,6 @@ template <typename T>
 cudaError_t launch_moe_lora_expand(const ExpandArgs& a, int span, int grid, bool dependent,
                                    cudaStream_t stream) {
   if (a.rt.BS <= 16) {
-    if (span >= 4) return launch_expand_span<T, 1, 4>(a, grid, dependent, stream);
     if (span == 2) return launch_expand_span<T, 1, 2>(a, grid, dependent, stream);
     return launch_expand_span<T, 1, 1>(a, grid, dependent, stream);
   }
@@ -229,6 +245,34 @@ cudaError_t launch_moe_lora_expand(const ExpandArgs& a, int span, int grid, bool
   }
   if (span >= 2) return launch_expand_span<T, 4, 2>(a, grid, dependent, stream);
   return launch_expand_span<T, 4, 1>(a, grid, dependent, stream);
+}
+
+template <typename T, int NS>
+cudaError_t launch_expand_stream_ns(const ExpandArgs& args, bool dependent, cudaStream_t stream,
+                                    int num_sms) {
+  const Routing& rt = args.rt;
+  const int smem = StreamLayout(rt.L, args.RP, NS, static_cast<int>(sizeof(T))).total;
+  const auto kernel = moe_lora_expand_stream_kernel<T, NS>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  int fit = 0;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, kThreads, smem);
+  if (err != cudaSuccess) return err;
+  const int64_t resident = static_cast<int64_t>(std::max(1, fit)) * num_sms;
+  ExpandArgs a = args;
+  a.group = stream_group(rt.numel, rt.L, rt.NB, rt.BS, rt.E, a.S, a.ntiles, resident);
+  const int64_t items = max_real_blocks(rt.numel, rt.L, rt.NB, rt.BS, rt.E) * a.S *
+                        ((a.ntiles + a.group - 1) / a.group);
+  const int grid = static_cast<int>(std::max<int64_t>(1, std::min(items, resident)));
+  return launch_with_smem(kernel, grid, smem, stream, &a, dependent);
+}
+
+// The expand for blocks of at most 16 rows (a.G from reduce_groups); dependent as above.
+template <typename T>
+cudaError_t launch_moe_lora_expand_stream(const ExpandArgs& a, bool dependent,
+                                          cudaStream_t stream, int num_sms) {
+  if (stream_slots(a.RP) == 3) return launch_expand_stream_ns<T, 3>(a, dependent, stream, num_sms);
+  return launch_expand_stream_ns<T, 2>(a, dependent, stream, num_sms);
 }
 
 template <typename T, int RP, int SPAN>

@@ -22,6 +22,7 @@ struct ExpandArgs {
   const void* b[kMaxSlices];  // lora_b[s]: [L, E, N, rb'] with unit stride on the rank
   int64_t b_sl[kMaxSlices], b_se[kMaxSlices], b_sn[kMaxSlices];
   int S, N, ntiles;      // ntiles: 128-column tiles of N
+  int group;             // tiles per item of the stream expand (blocks of <= 16 rows)
   const float* weights;  // [numel] routing weights, or nullptr (no multiply)
   void* out;             // element (route i, column c) at i * out_row + c
   int64_t out_row;
