@@ -129,17 +129,19 @@ __device__ __forceinline__ void pdl_wait_primary() {
 }
 
 // sum over ks = first, first + step, ... < count of src[ks * stride .. + 4], in that order
-// (a fixed order: bit-identical results run to run), four loads in flight at a time.
+// (a fixed order: bit-identical results run to run, whatever the loads in flight at a time).
+template <int kInFlight>
 __device__ __forceinline__ float4 sum_chunks(const float* src, int64_t stride, int first, int step,
                                              int count) {
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
   int ks = first;
-  for (; ks + 3 * step < count; ks += 4 * step) {
-    float4 v[4];
+  for (; ks + (kInFlight - 1) * step < count; ks += kInFlight * step) {
+    float4 v[kInFlight];
 #pragma unroll
-    for (int q = 0; q < 4; ++q) v[q] = *reinterpret_cast<const float4*>(src + (ks + q * step) * stride);
+    for (int q = 0; q < kInFlight; ++q)
+      v[q] = *reinterpret_cast<const float4*>(src + (ks + q * step) * stride);
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
+    for (int q = 0; q < kInFlight; ++q) {
       acc.x += v[q].x; acc.y += v[q].y; acc.z += v[q].z; acc.w += v[q].w;
     }
   }
@@ -155,8 +157,8 @@ __device__ __forceinline__ float4 sum_chunks(const float* src, int64_t stride, i
 // into G interleaved groups summed by different threads (parallel at decode, where a block holds
 // one or two routes and ksplit is large), then combined in group order through red
 // [G][BM][RP] floats. The order depends on (G, ksplit) only, so every caller using the same G
-// gets bit-identical sums.
-template <int BM, typename Sink>
+// gets bit-identical sums. InFlight: chunk loads per thread in flight (registers).
+template <int BM, int InFlight = 4, typename Sink>
 __device__ __forceinline__ void reduce_partials(const float* partial, int ksplit, int S, int s,
                                                 int numel, int RP, int G, const int* ids,
                                                 float* red, Sink sink) {
@@ -167,7 +169,8 @@ __device__ __forceinline__ void reduce_partials(const float* partial, int ksplit
     for (int u = threadIdx.x; u < BM * c4; u += kThreads) {
       const int row = u / c4, col = (u % c4) * 4, id = ids[row];
       float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (id >= 0) v = sum_chunks(base + static_cast<int64_t>(id) * RP + col, stride, 0, 1, ksplit);
+      if (id >= 0)
+        v = sum_chunks<InFlight>(base + static_cast<int64_t>(id) * RP + col, stride, 0, 1, ksplit);
       sink(row, col, v);
     }
     return;
@@ -175,7 +178,8 @@ __device__ __forceinline__ void reduce_partials(const float* partial, int ksplit
   for (int u = threadIdx.x; u < G * BM * c4; u += kThreads) {
     const int q = u % G, rc = u / G, row = rc / c4, col = (rc % c4) * 4, id = ids[row];
     float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (id >= 0) v = sum_chunks(base + static_cast<int64_t>(id) * RP + col, stride, q, G, ksplit);
+    if (id >= 0)
+      v = sum_chunks<InFlight>(base + static_cast<int64_t>(id) * RP + col, stride, q, G, ksplit);
     *reinterpret_cast<float4*>(red + (q * BM + row) * RP + col) = v;
   }
   __syncthreads();

@@ -93,7 +93,8 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_stream_kernel(const 
       waited = true;
     }
     if (p.partial != nullptr) {
-      reduce_partials<BM>(p.partial, p.ksplit, p.S, s, rt.numel, p.RP, p.G, ids, red,
+      // Eight chunk loads in flight: long K splits (Mixtral's down input: 112 chunks at T = 1).
+      reduce_partials<BM, 8>(p.partial, p.ksplit, p.S, s, rt.numel, p.RP, p.G, ids, red,
                           [&](int row, int col, float4 v) {
                             store_rounded4(as + row * LDA + col, v);
                           });
