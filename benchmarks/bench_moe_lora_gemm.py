@@ -164,12 +164,17 @@ def make_pools(preset, op, r):
     return a, b
 
 
-def main():
-    parser = argparse.ArgumentParser()
+def add_case_arguments(parser, tokens="1,16,64,256,1024,4096"):
+    """The case grid options (comma lists) shared by the benchmark and its probes."""
     parser.add_argument("--presets", default=",".join(PRESETS))
-    parser.add_argument("--tokens", default="1,16,64,256,1024,4096")
+    parser.add_argument("--tokens", default=tokens)
     parser.add_argument("--ranks", default="16,64")
     parser.add_argument("--ops", default="gate_up,down")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    add_case_arguments(parser)
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline")
     parser.add_argument("--block-size", type=int, default=None,

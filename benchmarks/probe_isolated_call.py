@@ -17,17 +17,19 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_moe_lora_gemm import PRESETS, graph_time_us, make_pools, setup_case  # noqa: E402
+from bench_moe_lora_gemm import (  # noqa: E402
+    add_case_arguments,
+    graph_time_us,
+    make_pools,
+    setup_case,
+)
 
 from moe_ext.timing import copy_bandwidth_gbps  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--presets", default=",".join(PRESETS))
-    parser.add_argument("--tokens", default="1,16")
-    parser.add_argument("--ranks", default="16,64")
-    parser.add_argument("--ops", default="gate_up,down")
+    add_case_arguments(parser, tokens="1,16")
     args = parser.parse_args()
     bw = copy_bandwidth_gbps(torch.device("cuda")) * 1e9
     gen = torch.Generator().manual_seed(0)
