@@ -13,6 +13,9 @@
 #pragma once
 
 #include <algorithm>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "moe_ext/moe_lora_gemm_decode.cuh"
 #include "moe_ext/moe_lora_gemm_expand_stream.cuh"
@@ -85,8 +88,9 @@ inline int expand_span(int64_t numel, int L, int NB, int BS, int E, int S, int r
   return rows * ((ntiles + 1) / 2) < num_sms ? 1 : 2;
 }
 
-// Up to 16 CTAs per SM (the expand holds 16 accumulators per thread): at decode sizes each CTA
-// then walks half as many (block, tile) items one after the other.
+// One CTA per (block, tile span) item up to 16 per SM: about 6 are resident at once (80
+// registers per thread), the rest queue and the scheduler balances them; past that each CTA
+// walks several items one after the other.
 inline int expand_grid(int64_t numel, int L, int NB, int BS, int E, int S, int ntiles, int span,
                        int num_sms) {
   const int64_t items = max_real_blocks(numel, L, NB, BS, E) * S * ((ntiles + span - 1) / span);
@@ -161,10 +165,42 @@ inline int decode_grid(int64_t items, int C, int smem, int num_sms) {
   return static_cast<int>(clusters * C);
 }
 
+// Raises the dynamic shared memory of `kernel` on the current device to at least smem and, with
+// fit, gives the CTAs per SM that fit at smem. Both are driver calls that an eager call would
+// otherwise pay at every launch: done once per (kernel, device, smem).
+inline cudaError_t prepare_kernel(const void* kernel, int smem, int* fit = nullptr) {
+  struct Entry {
+    int raised = 0;
+    std::map<int, int> fit;
+  };
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, Entry> cache;
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  std::lock_guard<std::mutex> lock(mu);
+  Entry& e = cache[{kernel, dev}];
+  if (smem > e.raised) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+    e.raised = smem;
+  }
+  if (fit == nullptr) return cudaSuccess;
+  auto it = e.fit.find(smem);
+  if (it == e.fit.end()) {
+    int n = 0;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem);
+    if (err != cudaSuccess) return err;
+    it = e.fit.emplace(smem, n).first;
+  }
+  *fit = it->second;
+  return cudaSuccess;
+}
+
 template <typename Kernel>
 cudaError_t launch_with_smem(Kernel kernel, int grid, int smem, cudaStream_t stream,
                              const void* args_ptr, bool dependent = false, int cluster = 1) {
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  cudaError_t err = prepare_kernel(reinterpret_cast<const void*>(kernel), smem);
   if (err != cudaSuccess) return err;
   void* args[] = {const_cast<void*>(args_ptr)};
   cudaLaunchConfig_t cfg = {};
@@ -253,10 +289,8 @@ cudaError_t launch_expand_stream_ns(const ExpandArgs& args, bool dependent, cuda
   const Routing& rt = args.rt;
   const int smem = StreamLayout(rt.L, args.RP, NS, static_cast<int>(sizeof(T))).total;
   const auto kernel = moe_lora_expand_stream_kernel<T, NS>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (err != cudaSuccess) return err;
   int fit = 0;
-  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, kThreads, smem);
+  const cudaError_t err = prepare_kernel(reinterpret_cast<const void*>(kernel), smem, &fit);
   if (err != cudaSuccess) return err;
   const int64_t resident = static_cast<int64_t>(std::max(1, fit)) * num_sms;
   ExpandArgs a = args;
@@ -321,8 +355,8 @@ template <typename T, int MI>
 cudaError_t launch_reduce_mi(const Routing& rt, const float* partial, int ksplit, int G, int S,
                              int RP, int r, T* inter, int grid, cudaStream_t stream) {
   const int smem = ExpandTile<MI>::kHeadAligned + (G > 1 ? G * 16 * MI * RP * 4 : 0);
-  cudaError_t err = cudaFuncSetAttribute(moe_lora_reduce_kernel<T, MI>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  const cudaError_t err =
+      prepare_kernel(reinterpret_cast<const void*>(moe_lora_reduce_kernel<T, MI>), smem);
   if (err != cudaSuccess) return err;
   moe_lora_reduce_kernel<T, MI><<<grid, kThreads, smem, stream>>>(rt, partial, ksplit, G, S, RP, r,
                                                                  inter);

@@ -50,6 +50,19 @@ __device__ __forceinline__ void load_b_tile(T* bs, int lda, int rc_shift, const 
   }
 }
 
+// Rank vectors of the tile's routes from p.inter [S, numel, inter_ld] into as [BM][lda], one
+// element at a time (any rank, any row stride); ranks past r and rows without a route are 0.
+template <typename T, int BM>
+__device__ __forceinline__ void copy_rank_vectors(const ExpandArgs& p, int s, const int* ids,
+                                                  T* as, int lda) {
+  const T* inter = static_cast<const T*>(p.inter);
+  for (int c = threadIdx.x; c < BM * p.RP; c += kThreads) {
+    const int row = c / p.RP, col = c % p.RP, id = ids[row];
+    const T* src = inter + (static_cast<int64_t>(s) * p.rt.numel + id) * p.inter_ld;
+    as[row * lda + col] = (id >= 0 && col < p.r) ? src[col] : from_f32<T>(0.f);
+  }
+}
+
 // Calls f(row, id, col) for each 16-byte chunk (8 columns from col) of the output tile
 // [BM x BW] whose row has a route and whose columns start below n_end - n0. Where whole rows fit
 // a pass of the CTA, each thread keeps one column and steps over rows.
@@ -253,12 +266,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
         }
         cp_async_commit();
       } else {
-        for (int c = tid; c < BM * p.RP; c += kThreads) {
-          const int row = c / p.RP, col = c % p.RP, id = ids[row];
-          const T* src = static_cast<const T*>(p.inter) +
-                         (static_cast<int64_t>(s) * rt.numel + id) * p.inter_ld;
-          as[row * LDA + col] = (id >= 0 && col < p.r) ? src[col] : from_f32<T>(0.f);
-        }
+        copy_rank_vectors<T, BM>(p, s, ids, as, LDA);
       }
       if (tid < BM) wts[tid] = wmine;
       cp_async_wait<0>();

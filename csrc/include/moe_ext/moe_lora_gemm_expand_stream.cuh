@@ -99,12 +99,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_stream_kernel(const 
                             store_rounded4(as + row * LDA + col, v);
                           });
     } else {
-      const T* inter = static_cast<const T*>(p.inter);
-      for (int c = tid; c < BM * p.RP; c += kThreads) {
-        const int row = c / p.RP, col = c % p.RP, id = ids[row];
-        const T* src = inter + (static_cast<int64_t>(s) * rt.numel + id) * p.inter_ld;
-        as[row * LDA + col] = (id >= 0 && col < p.r) ? src[col] : from_f32<T>(0.f);
-      }
+      copy_rank_vectors<T, BM>(p, s, ids, as, LDA);
     }
     if (tid < BM) wts[tid] = wmine;
 
