@@ -19,6 +19,14 @@ constexpr int kMaxLoras = 1024;
 // CTAs per SM that `smem` bytes of dynamic shared memory allow (227 KB, 1 KB reserved per CTA).
 __host__ __device__ constexpr int ctas_by_smem(int smem) { return (227 << 10) / (smem + 1024); }
 
+// Parts of a CTA's shared memory start 128-byte aligned.
+__host__ __device__ constexpr int align128(int bytes) { return (bytes + 127) / 128 * 128; }
+// Head of the decode and stream-expand CTAs: work prefix [L + 1], scan scratch [4], route ids
+// [16] and routing weights [16].
+__host__ __device__ constexpr int routing_head_bytes(int L) {
+  return align128(4 * (L + 1) + 4 * 4 + 4 * 16 + 4 * 16);
+}
+
 // Output of moe_lora_align_block_size for L slots. Every value is untrusted: route ids outside
 // [0, numel), block experts outside [0, E) and totals outside [0, P] are ignored.
 struct Routing {

@@ -65,16 +65,15 @@ __device__ __forceinline__ float4 load_peer_f4(const float* local, unsigned rank
 // [SPAN * 128][RP + 8], then (without late_out) the output tile.
 struct DecodeLayout {
   int partial, operands, otile, rank, btile, total;
-  __host__ __device__ static int align(int b) { return (b + 127) / 128 * 128; }
   __host__ __device__ DecodeLayout(int L, int RP, int KC, int span, int elem, bool late_out) {
-    partial = align(4 * (L + 1) + 4 * 4 + 4 * 16 + 4 * 16);
-    operands = partial + align(16 * RP * 4);
-    const int ops = align((16 + RP) * (KC + 8) * elem), red = align(4 * 16 * RP * 4);
-    const int out = span > 0 ? align(16 * (span * kExpandBN + 8) * elem) : 0;
+    partial = routing_head_bytes(L);
+    operands = partial + align128(16 * RP * 4);
+    const int ops = align128((16 + RP) * (KC + 8) * elem), red = align128(4 * 16 * RP * 4);
+    const int out = span > 0 ? align128(16 * (span * kExpandBN + 8) * elem) : 0;
     const int reuse = red + (late_out ? out : 0);
     rank = operands + (ops > reuse ? ops : reuse);
-    btile = rank + align(16 * (RP + 8) * elem);
-    const int end = btile + align(span * kExpandBN * (RP + 8) * elem);
+    btile = rank + align128(16 * (RP + 8) * elem);
+    const int end = btile + align128(span * kExpandBN * (RP + 8) * elem);
     otile = late_out ? operands + red : end;
     total = late_out ? end : end + out;
   }

@@ -17,13 +17,12 @@ namespace lora_gemm {
 // fills only after them.
 struct StreamLayout {
   int rank, slots, slot, total;
-  __host__ __device__ static int align(int b) { return (b + 127) / 128 * 128; }
   __host__ __device__ static int slot_bytes(int RP, int elem) {
-    return align(kExpandBN * (RP + 8) * elem) + align(16 * (kExpandBN + 8) * elem);
+    return align128(kExpandBN * (RP + 8) * elem) + align128(16 * (kExpandBN + 8) * elem);
   }
   __host__ __device__ StreamLayout(int L, int RP, int NS, int elem) {
-    rank = align(4 * (L + 1) + 4 * 4 + 4 * 16 + 4 * 16);
-    slots = rank + align(16 * (RP + 8) * elem);
+    rank = routing_head_bytes(L);
+    slots = rank + align128(16 * (RP + 8) * elem);
     slot = slot_bytes(RP, elem);
     total = slots + NS * slot;
   }
@@ -45,7 +44,7 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_stream_kernel(const 
   const int LDA = p.RP + 8;  // +16 bytes per row: conflict-free fragment loads
   const int rc_shift = __ffs(p.RP) - 4;  // log2 of the 16-byte chunks per operand row (RP / 8)
   T* as = reinterpret_cast<T*>(smem + lay.rank);  // [BM][LDA]
-  const int b_bytes = StreamLayout::align(BN * LDA * static_cast<int>(sizeof(T)));
+  const int b_bytes = align128(BN * LDA * static_cast<int>(sizeof(T)));
   auto slot_b = [&](int j) { return reinterpret_cast<T*>(smem + lay.slots + (j % NS) * lay.slot); };
   auto slot_o = [&](int j) {
     return reinterpret_cast<T*>(smem + lay.slots + (j % NS) * lay.slot + b_bytes);
