@@ -25,13 +25,17 @@ namespace lora_gemm {
 
 // Rank padded to the shrink tile: 16, 32, 64 or 128.
 inline int padded_rank(int r) { return r <= 16 ? 16 : r <= 32 ? 32 : r <= 64 ? 64 : 128; }
-// Shrink stage depth along K: 64 for ranks above 32 and for 64-row tiles (half the shared
-// memory per stage: more stages or CTAs per SM keep the gathered x rows in flight); else 128.
-constexpr int shrink_bk(int rp, int bs) { return rp <= 32 && bs <= 32 ? 128 : 64; }
-// Stages in flight: the down input's 64-row tiles (one slice, every x row read once from DRAM)
-// take a deeper ring at about the same CTAs per SM; everything else 3.
+// Shrink stage depth along K: 128 up to rank 32, except 64-row tiles of two slices; else 64
+// (half the shared memory per stage). The down input's 64-row tiles at rank 16/32 stream fewer,
+// longer stages (3 x 128 instead of 6 x 64, the same shared memory): half the per-stage waits
+// and barriers per byte (H100: T = 256 / 4096 1-2 % faster).
+constexpr int shrink_bk(int rp, int bs, int ns) {
+  return rp <= 32 && (bs <= 32 || ns == 1) ? 128 : 64;
+}
+// Stages in flight: 4 for the down input's 64-row tiles above rank 32 (every x row read once
+// from DRAM, more in flight at about the same CTAs per SM); everything else 3.
 constexpr int shrink_stages(int rp, int bs, int ns) {
-  return bs > 32 && ns == 1 ? (rp <= 32 ? 6 : 4) : 3;
+  return bs > 32 && ns == 1 && rp > 32 ? 4 : 3;
 }
 // Slices one shrink CTA handles: at prefill sizes two slices (gate/up) share one x tile (up to
 // rank 64: accumulator registers); at decode sizes separate CTAs give more streams of weights.
@@ -55,7 +59,7 @@ struct ShrinkPlan {
 // is cheaper.
 inline ShrinkPlan plan_shrink(int64_t numel, int L, int NB, int BS, int E, int S, int K, int r,
                               int num_sms) {
-  const int bk = shrink_bk(padded_rank(r), BS);
+  const int bk = shrink_bk(padded_rank(r), BS, shrink_slices_per_cta(S, r, numel));
   const int64_t items =
       max_real_blocks(numel, L, NB, BS, E) * (S / shrink_slices_per_cta(S, r, numel));
   const int64_t want = (4LL * num_sms + items - 1) / items;
@@ -225,7 +229,7 @@ cudaError_t launch_with_smem(Kernel kernel, int grid, int smem, cudaStream_t str
 
 template <typename T, int RP, int WM, int NS>
 cudaError_t launch_shrink_ns(const ShrinkArgs& a, int grid, cudaStream_t stream) {
-  constexpr int BK = shrink_bk(RP, 16 * WM);  // rows of the tile: the block size rounded up
+  constexpr int BK = shrink_bk(RP, 16 * WM, NS);  // rows of the tile: the block size rounded up
   constexpr int STAGES = shrink_stages(RP, 16 * WM, NS);
   using Tile = ShrinkTile<T, RP, WM, BK, STAGES, NS>;
   return launch_with_smem(moe_lora_shrink_kernel<T, RP, WM, BK, STAGES, NS>, grid, Tile::kSmem,

@@ -115,6 +115,11 @@ __global__ void __launch_bounds__(kThreads, (ShrinkTile<T, RP, WM, BK, STAGES, N
         xrows[tid] = mine >= 0 ? x + xr * p.x_row_stride : nullptr;
       }
       if (!__syncthreads_or(mine >= 0)) continue;
+      // This thread's x rows, read once per tile: from shared memory at every stage they were
+      // a dependent load in front of each request.
+      const T* xsrc[Tile::X_PER_THREAD];
+#pragma unroll
+      for (int i = 0; i < Tile::X_PER_THREAD; ++i) xsrc[i] = xrows[crow + i * kRowStep];
 
       auto load_stage = [&](int stage, int kt) {
         const int k0 = k_begin + kt * BK;
@@ -122,7 +127,7 @@ __global__ void __launch_bounds__(kThreads, (ShrinkTile<T, RP, WM, BK, STAGES, N
         T* xd = xs + stage * BM * LD + crow * LD + ccol;
 #pragma unroll
         for (int i = 0; i < Tile::X_PER_THREAD; ++i) {
-          const T* src = xrows[crow + i * kRowStep];
+          const T* src = xsrc[i];
           const bool ok = src != nullptr && k_ok;
           cp_async16(xd + i * kRowStep * LD, ok ? src + k0 + ccol : x, ok);
         }
