@@ -59,9 +59,9 @@ struct ShrinkPlan {
 // is cheaper.
 inline ShrinkPlan plan_shrink(int64_t numel, int L, int NB, int BS, int E, int S, int K, int r,
                               int num_sms) {
-  const int bk = shrink_bk(padded_rank(r), BS, shrink_slices_per_cta(S, r, numel));
-  const int64_t items =
-      max_real_blocks(numel, L, NB, BS, E) * (S / shrink_slices_per_cta(S, r, numel));
+  const int ns = shrink_slices_per_cta(S, r, numel);
+  const int bk = shrink_bk(padded_rank(r), BS, ns);
+  const int64_t items = max_real_blocks(numel, L, NB, BS, E) * (S / ns);
   const int64_t want = (4LL * num_sms + items - 1) / items;
   const int64_t partial_row = int64_t{4} * S * numel * padded_rank(r);
   int64_t by_partials = (int64_t{256} << 10) / partial_row;
@@ -299,9 +299,10 @@ cudaError_t launch_expand_stream_ns(const ExpandArgs& args, bool dependent, cuda
   const int64_t resident = static_cast<int64_t>(std::max(1, fit)) * num_sms;
   ExpandArgs a = args;
   a.group = stream_group(rt.numel, rt.L, rt.NB, rt.BS, rt.E, a.S, a.ntiles, resident);
-  const int64_t items = max_real_blocks(rt.numel, rt.L, rt.NB, rt.BS, rt.E) * a.S *
-                        ((a.ntiles + a.group - 1) / a.group);
-  const int grid = static_cast<int>(std::max<int64_t>(1, std::min(items, resident)));
+  // One CTA per item (a group of tiles), at most the resident CTAs (<= 16 per SM).
+  const int grid = static_cast<int>(std::min<int64_t>(
+      expand_grid(rt.numel, rt.L, rt.NB, rt.BS, rt.E, a.S, a.ntiles, a.group, num_sms),
+      resident));
   return launch_with_smem(kernel, grid, smem, stream, &a, dependent);
 }
 

@@ -183,7 +183,7 @@ struct ExpandTile {
   static constexpr int BM = 16 * MI, BW = SPAN * kExpandBN;
   static constexpr int LDO = BW + 8;  // output tile row: +16 bytes, no bank conflicts
   static constexpr int kHead = 4 * (kMaxLoras + 1) + 4 * 4 + 4 * BM + 4 * BM;
-  static constexpr int kHeadAligned = (kHead + 127) / 128 * 128;
+  static constexpr int kHeadAligned = align128(kHead);
   // Operands [BM + BW][RP + 8] and the output tile [BM][LDO] in T, then the chunk-group
   // scratch [G][BM][RP] fp32.
   static int smem(int RP, int G, int elem) {

@@ -39,7 +39,7 @@ struct ShrinkTile {
   static constexpr int kRedBytes = WK > 1 ? NS * WK * BM * RP * 4 : 0;
   // x row pointers, work prefix, scan scratch, ids
   static constexpr int kHead = 8 * BM + 4 * (kMaxLoras + 1) + 4 * 4 + 4 * BM;
-  static constexpr int kHeadAligned = (kHead + 127) / 128 * 128;
+  static constexpr int kHeadAligned = align128(kHead);
   static constexpr int kSmem = kHeadAligned + (kPipeBytes > kRedBytes ? kPipeBytes : kRedBytes);
   // CTAs per SM that shared memory allows: registers are capped to match, so they never are
   // the tighter limit.
