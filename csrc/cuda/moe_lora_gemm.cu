@@ -158,18 +158,25 @@ lg::ExpandArgs expand_operands(const MoeLoraGemmDims& d, const lg::Routing& rt,
   return args;
 }
 
+struct ShrinkOutput {
+  at::Tensor partial;
+  int ksplit;
+  bool overlap;  // the expand behind it is to ask for the largest carveout too (overlap_expand)
+};
+
 // Shrink into a fresh workspace: fp32 partials [ksplit, S, numel, RP], or with a single K
-// chunk the rounded rank vectors [S, numel, RP] in x's dtype. Returns it with the split count.
-std::pair<at::Tensor, int> run_shrink(const MoeLoraGemmDims& d, const lg::Routing& rt,
-                                      const at::Tensor& x_in,
-                                      const std::vector<at::Tensor>& lora_a, int sms,
-                                      cudaStream_t stream) {
+// chunk the rounded rank vectors [S, numel, RP] in x's dtype. fused: the fused op's expand
+// follows on the stream.
+ShrinkOutput run_shrink(const MoeLoraGemmDims& d, const lg::Routing& rt, const at::Tensor& x_in,
+                        const std::vector<at::Tensor>& lora_a, int sms, bool fused,
+                        cudaStream_t stream) {
   ShrinkOperands ops = shrink_operands(d, rt, x_in, lora_a);
   lg::ShrinkArgs& args = ops.args;
   const lg::ShrinkPlan plan = lg::plan_shrink(d.numel, rt.L, rt.NB, rt.BS, rt.E, args.S,
                                               args.K, args.r, sms);
   args.ksplit = plan.ksplit;
   args.kchunk = plan.kchunk;
+  args.max_shared = fused && lg::overlap_expand(plan.grid, d.numel, rt.BS, args.r, sms);
   const bool single = plan.ksplit == 1;
   at::Tensor partial = at::empty({plan.ksplit * d.S * d.numel * args.RP},
                                  ops.x.options().dtype(single ? ops.x.scalar_type() : at::kFloat));
@@ -179,17 +186,19 @@ std::pair<at::Tensor, int> run_shrink(const MoeLoraGemmDims& d, const lg::Routin
                               ? lg::launch_moe_lora_shrink<__half>(args, plan.grid, stream)
                               : lg::launch_moe_lora_shrink<__nv_bfloat16>(args, plan.grid, stream);
   MOE_EXT_CHECK_CUDA_LAUNCH(err);
-  return {partial, plan.ksplit};
+  return {partial, plan.ksplit, args.max_shared};
 }
 
 // Expand from fp32 partials (ksplit > 1), from the T workspace (ksplit == 1, row stride RP) or
 // from the T intermediate [S, numel, r] (partial undefined);
-// dependent: launched right behind the shrink of the same call (programmatic dependent launch).
+// dependent: launched right behind the shrink of the same call (programmatic dependent launch);
+// max_shared: that shrink's overlap.
 void run_expand(const MoeLoraGemmDims& d, const lg::Routing& rt, const at::Tensor& partial,
                 int ksplit, const at::Tensor& intermediate, const std::vector<at::Tensor>& b,
                 const at::Tensor& w, bool add_inputs, const at::Tensor& output, int sms,
-                bool dependent, cudaStream_t stream) {
+                bool dependent, bool max_shared, cudaStream_t stream) {
   lg::ExpandArgs args = expand_operands(d, rt, b, w, add_inputs, output);
+  args.max_shared = max_shared;
   const bool from_partials = partial.defined() && ksplit > 1;
   const at::Tensor& inter = partial.defined() ? partial : intermediate;
   args.partial = from_partials ? partial.data_ptr<float>() : nullptr;
@@ -292,11 +301,13 @@ void fused_moe_lora_cuda(const at::Tensor& output, const at::Tensor& x,
     // the standalone shrink + expand).
     const at::Tensor inter = at::empty({d.S, d.numel, d.r}, x.options());
     run_decode_shrink(d, rt, plan, x, lora_a, inter, sms, stream);
-    run_expand(d, rt, at::Tensor(), 1, inter, b, w, add_inputs, output, sms, true, stream);
+    run_expand(d, rt, at::Tensor(), 1, inter, b, w, add_inputs, output, sms, true, false,
+               stream);
     return;
   }
-  const auto [partial, ksplit] = run_shrink(d, rt, x, lora_a, sms, stream);
-  run_expand(d, rt, partial, ksplit, at::Tensor(), b, w, add_inputs, output, sms, true, stream);
+  const ShrinkOutput sh = run_shrink(d, rt, x, lora_a, sms, true, stream);
+  run_expand(d, rt, sh.partial, sh.ksplit, at::Tensor(), b, w, add_inputs, output, sms, true,
+             sh.overlap, stream);
 }
 
 void fused_moe_lora_shrink_cuda(const at::Tensor& intermediate, const at::Tensor& x,
@@ -319,23 +330,23 @@ void fused_moe_lora_shrink_cuda(const at::Tensor& intermediate, const at::Tensor
     run_decode_shrink(d, rt, plan, x, lora_a, intermediate, sms, stream);
     return;
   }
-  const auto [partial, ksplit] = run_shrink(d, rt, x, lora_a, sms, stream);
-  if (ksplit == 1) {  // already rounded: keep the first r of the RP columns
+  const ShrinkOutput sh = run_shrink(d, rt, x, lora_a, sms, false, stream);
+  if (sh.ksplit == 1) {  // already rounded: keep the first r of the RP columns
     const int64_t rp = lg::padded_rank(static_cast<int>(d.r));
-    intermediate.copy_(partial.view({d.S, d.numel, rp}).narrow(2, 0, d.r));
+    intermediate.copy_(sh.partial.view({d.S, d.numel, rp}).narrow(2, 0, d.r));
     return;
   }
   const int S = static_cast<int>(d.S), r = static_cast<int>(d.r), RP = lg::padded_rank(r);
-  const int G = lg::reduce_groups(ksplit, rt.BS, RP);
+  const int G = lg::reduce_groups(sh.ksplit, rt.BS, RP);
   const int grid = static_cast<int>(std::min<int64_t>(
       lg::max_real_blocks(d.numel, d.L, d.NB, d.BS, d.E) * S, 8LL * sms));
   const cudaError_t err =
       x.scalar_type() == at::kHalf
           ? lg::launch_moe_lora_reduce<__half>(
-                rt, partial.data_ptr<float>(), ksplit, G, S, RP, r,
+                rt, sh.partial.data_ptr<float>(), sh.ksplit, G, S, RP, r,
                 static_cast<__half*>(intermediate.data_ptr()), grid, stream)
           : lg::launch_moe_lora_reduce<__nv_bfloat16>(
-                rt, partial.data_ptr<float>(), ksplit, G, S, RP, r,
+                rt, sh.partial.data_ptr<float>(), sh.ksplit, G, S, RP, r,
                 static_cast<__nv_bfloat16*>(intermediate.data_ptr()), grid, stream);
   MOE_EXT_CHECK_CUDA_LAUNCH(err);
 }
@@ -359,7 +370,7 @@ void fused_moe_lora_expand_cuda(const at::Tensor& output, const at::Tensor& inte
   zero_unless_add(d, output, add_inputs);
   run_expand(d, rt, at::Tensor(), 1, intermediate, expand_ready_all(lora_b),
              float_weights(topk_weights, mul_routed_weight), add_inputs, output,
-             num_sms(intermediate), false, stream);
+             num_sms(intermediate), false, false, stream);
 }
 
 TORCH_LIBRARY_IMPL(moe_ext, CUDA, m) {

@@ -28,6 +28,7 @@ struct ExpandArgs {
   int64_t out_row;
   int col0;              // offset
   bool add, vec;         // vec: 16-byte output chunks (base, row stride and offset aligned)
+  bool max_shared;       // stream expand: largest shared-memory carveout (overlap_expand)
 };
 
 constexpr int kExpandBN = 128;

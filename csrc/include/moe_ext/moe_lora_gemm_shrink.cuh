@@ -21,6 +21,7 @@ struct ShrinkArgs {
   float* partial;            // [ksplit, S, numel, RP] fp32 (RP = rank padded to the tile), or
   void* tmp;                 // with ksplit == 1: [S, numel, RP] in T, already rounded
   int RP;
+  bool max_shared;           // launch with the largest shared-memory carveout (overlap_expand)
 };
 
 // Tile: BM = 16*WM routes x RP ranks for NS slices at once (the x tile is loaded once for all
