@@ -152,8 +152,9 @@ __device__ __forceinline__ void pdl_wait_primary() {
 
 // sum over ks = first, first + step, ... < count of src[ks * stride .. + 4], in that order
 // (a fixed order: bit-identical results run to run, whatever the loads in flight at a time).
-// The leftover chunks (fewer than kInFlight) are loaded together too, zeros past count (x + 0 is
-// x): one at a time they cost a round trip each (H100, Mixtral down T = 1: 7 of them, ~1 us).
+// The leftover chunks (fewer than kInFlight) are loaded together too, zeros past count
+// (x + 0 == x; only a zero sum's sign can change): one at a time they cost a round trip each
+// (H100, Mixtral down T = 1: 7 of them, ~1 us).
 // The compiler fence keeps their loads from being hoisted into the last full pass, which
 // doubled the registers held and cost the expand kernels their occupancy.
 template <int kInFlight>
