@@ -245,7 +245,7 @@ GPU_PLAN_CASES = {
     "cluster_r64": dict(T=3, k=2, E=8, L=4, K=4096, N=520, r=64, block_size=16),
     "cluster_r24": dict(T=5, k=2, E=4, L=2, K=2056, N=136, r=24, block_size=16),
     "cluster_r128_bs32": dict(T=6, k=2, E=4, L=2, K=1536, N=256, r=128, block_size=32),
-    # >= 1024 routes with K split in 4 (fp32 partials summed by the expand)
+    # >= 1024 routes with K split in 4: fp32 partials summed once (reduce kernel), then the expand
     "prefill_splitk": dict(T=256, k=4, E=4, L=2, K=1024, N=136, r=16, S=1, x_per_route=True,
                            block_size=64),
     # decode-size expand: the stream expand from the decode shrink's rank vectors (16 tiles

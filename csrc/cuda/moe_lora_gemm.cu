@@ -189,6 +189,27 @@ ShrinkOutput run_shrink(const MoeLoraGemmDims& d, const lg::Routing& rt, const a
   return {partial, plan.ksplit, args.max_shared};
 }
 
+// intermediate [S, numel, r] (x's dtype) from the shrink's fp32 partials (ksplit > 1).
+void run_reduce(const MoeLoraGemmDims& d, const lg::Routing& rt, const ShrinkOutput& sh,
+                const at::Tensor& intermediate, int sms, cudaStream_t stream) {
+  lg::ReduceArgs args{};
+  args.rt = rt;
+  args.partial = sh.partial.data_ptr<float>();
+  args.ksplit = sh.ksplit;
+  args.S = static_cast<int>(d.S);
+  args.r = static_cast<int>(d.r);
+  args.RP = lg::padded_rank(args.r);
+  args.G = lg::reduce_groups(sh.ksplit, rt.BS, args.RP);
+  args.inter = intermediate.data_ptr();
+  const int grid = static_cast<int>(std::min<int64_t>(
+      lg::max_real_blocks(d.numel, d.L, d.NB, d.BS, d.E) * d.S, 8LL * sms));
+  const cudaError_t err =
+      intermediate.scalar_type() == at::kHalf
+          ? lg::launch_moe_lora_reduce<__half>(args, grid, stream)
+          : lg::launch_moe_lora_reduce<__nv_bfloat16>(args, grid, stream);
+  MOE_EXT_CHECK_CUDA_LAUNCH(err);
+}
+
 // Expand from fp32 partials (ksplit > 1), from the T workspace (ksplit == 1, row stride RP) or
 // from the T intermediate [S, numel, r] (partial undefined);
 // dependent: launched right behind the shrink of the same call (programmatic dependent launch);
@@ -306,6 +327,14 @@ void fused_moe_lora_cuda(const at::Tensor& output, const at::Tensor& x,
     return;
   }
   const ShrinkOutput sh = run_shrink(d, rt, x, lora_a, sms, true, stream);
+  if (lg::reduce_before_expand(sh.ksplit, d.numel, rt.BS, static_cast<int>(d.r), sms)) {
+    // Exactly the standalone shrink + expand.
+    const at::Tensor inter = at::empty({d.S, d.numel, d.r}, x.options());
+    run_reduce(d, rt, sh, inter, sms, stream);
+    run_expand(d, rt, at::Tensor(), 1, inter, b, w, add_inputs, output, sms, true, false,
+               stream);
+    return;
+  }
   run_expand(d, rt, sh.partial, sh.ksplit, at::Tensor(), b, w, add_inputs, output, sms, true,
              sh.overlap, stream);
 }
@@ -336,19 +365,7 @@ void fused_moe_lora_shrink_cuda(const at::Tensor& intermediate, const at::Tensor
     intermediate.copy_(sh.partial.view({d.S, d.numel, rp}).narrow(2, 0, d.r));
     return;
   }
-  const int S = static_cast<int>(d.S), r = static_cast<int>(d.r), RP = lg::padded_rank(r);
-  const int G = lg::reduce_groups(sh.ksplit, rt.BS, RP);
-  const int grid = static_cast<int>(std::min<int64_t>(
-      lg::max_real_blocks(d.numel, d.L, d.NB, d.BS, d.E) * S, 8LL * sms));
-  const cudaError_t err =
-      x.scalar_type() == at::kHalf
-          ? lg::launch_moe_lora_reduce<__half>(
-                rt, sh.partial.data_ptr<float>(), sh.ksplit, G, S, RP, r,
-                static_cast<__half*>(intermediate.data_ptr()), grid, stream)
-          : lg::launch_moe_lora_reduce<__nv_bfloat16>(
-                rt, sh.partial.data_ptr<float>(), sh.ksplit, G, S, RP, r,
-                static_cast<__nv_bfloat16*>(intermediate.data_ptr()), grid, stream);
-  MOE_EXT_CHECK_CUDA_LAUNCH(err);
+  run_reduce(d, rt, sh, intermediate, sms, stream);
 }
 
 void fused_moe_lora_expand_cuda(const at::Tensor& output, const at::Tensor& intermediate,

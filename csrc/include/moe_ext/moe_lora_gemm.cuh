@@ -117,6 +117,15 @@ inline bool use_stream_expand(int64_t numel, int BS, int r, int num_sms) {
   return BS <= 16 && (padded_rank(r) <= 32 || numel <= 2LL * num_sms);
 }
 
+// Whether a fused call sums its K-chunk partials once (the reduce kernel, then the expand from
+// rounded rank vectors) instead of in the expand: the tiled expand would sum them again for
+// every column tile of a block, in front of each tile's products (H100, Mixtral down at
+// T = 1024: rank 64 131 -> 103 us, rank 16 62 -> 54 us; T = 4096 rank 16 197 -> 172 us). The
+// stream expand sums them once per group of tiles already: there the extra launch lost.
+inline bool reduce_before_expand(int ksplit, int64_t numel, int BS, int r, int num_sms) {
+  return ksplit > 1 && !use_stream_expand(numel, BS, r, num_sms);
+}
+
 // Whether the shrink and the stream expand of a fused call both ask for the largest
 // shared-memory carveout: an SM hosts CTAs of two kernels at once only under one carveout, so
 // the expand's CTAs then start behind programmatic dependent launch and have lora_b in flight
@@ -373,27 +382,18 @@ cudaError_t launch_moe_lora_decode(const DecodeArgs& a, int C, cudaStream_t stre
 }
 
 template <typename T, int MI>
-cudaError_t launch_reduce_mi(const Routing& rt, const float* partial, int ksplit, int G, int S,
-                             int RP, int r, T* inter, int grid, cudaStream_t stream) {
-  const int smem = ExpandTile<MI>::kHeadAligned + (G > 1 ? G * 16 * MI * RP * 4 : 0);
-  const cudaError_t err =
-      prepare_kernel(reinterpret_cast<const void*>(moe_lora_reduce_kernel<T, MI>), smem);
-  if (err != cudaSuccess) return err;
-  moe_lora_reduce_kernel<T, MI><<<grid, kThreads, smem, stream>>>(rt, partial, ksplit, G, S, RP, r,
-                                                                 inter);
-  return cudaGetLastError();
+cudaError_t launch_reduce_mi(const ReduceArgs& a, int grid, cudaStream_t stream) {
+  const int smem = ExpandTile<MI>::kHeadAligned + (a.G > 1 ? a.G * 16 * MI * a.RP * 4 : 0);
+  return launch_with_smem(moe_lora_reduce_kernel<T, MI>, grid, smem, stream, &a, true);
 }
 
-// Standalone shrink output: intermediate [S, numel, r] from the partials, summed as the expand
-// stage sums them (same G), so shrink + expand is bit-identical to the fused op.
+// intermediate [S, numel, r] from the partials, summed as the expand stage sums them (same G),
+// launched right behind the shrink that writes them.
 template <typename T>
-cudaError_t launch_moe_lora_reduce(const Routing& rt, const float* partial, int ksplit, int G,
-                                   int S, int RP, int r, T* inter, int grid, cudaStream_t stream) {
-  if (rt.BS <= 16)
-    return launch_reduce_mi<T, 1>(rt, partial, ksplit, G, S, RP, r, inter, grid, stream);
-  if (rt.BS <= 32)
-    return launch_reduce_mi<T, 2>(rt, partial, ksplit, G, S, RP, r, inter, grid, stream);
-  return launch_reduce_mi<T, 4>(rt, partial, ksplit, G, S, RP, r, inter, grid, stream);
+cudaError_t launch_moe_lora_reduce(const ReduceArgs& a, int grid, cudaStream_t stream) {
+  if (a.rt.BS <= 16) return launch_reduce_mi<T, 1>(a, grid, stream);
+  if (a.rt.BS <= 32) return launch_reduce_mi<T, 2>(a, grid, stream);
+  return launch_reduce_mi<T, 4>(a, grid, stream);
 }
 
 }  // namespace lora_gemm

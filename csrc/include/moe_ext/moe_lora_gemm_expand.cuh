@@ -281,20 +281,31 @@ __global__ void __launch_bounds__(kThreads) moe_lora_expand_kernel(const ExpandA
 }
 
 // intermediate[s, i, :r] = round_to_T(sum over K chunks of partial[., s, i, :r]) for the routes
-// of every real block: the standalone shrink op, summed exactly as the expand stage sums them.
+// of every real block, summed exactly as the expand stage sums them: the standalone shrink op,
+// and the fused op where the tiled expand would otherwise sum the chunks once per column tile.
+struct ReduceArgs {
+  Routing rt;
+  const float* partial;  // [ksplit, S, numel, RP] fp32
+  int ksplit, G, S, RP, r;
+  void* inter;           // [S, numel, r] in T
+};
+
 template <typename T, int MI>
-__global__ void __launch_bounds__(kThreads) moe_lora_reduce_kernel(const Routing rt,
-                                                                    const float* partial,
-                                                                    int ksplit, int G, int S,
-                                                                    int RP, int r, T* inter) {
+__global__ void __launch_bounds__(kThreads) moe_lora_reduce_kernel(const ReduceArgs p) {
   constexpr int BM = 16 * MI;
   extern __shared__ __align__(128) unsigned char smem[];
   int* prefix = reinterpret_cast<int*>(smem);
   int* scratch = prefix + kMaxLoras + 1;
   int* ids = scratch + 4;
   float* red = reinterpret_cast<float*>(smem + ExpandTile<MI>::kHeadAligned);
+  const Routing& rt = p.rt;
+  T* inter = static_cast<T*>(p.inter);
+  // Launched behind the shrink (programmatic dependent launch): the routing was written before
+  // it, the partials are read after its grid completes; the expand may start prefetching now.
+  pdl_launch_dependents();
   const int nblk = build_work_prefix(rt, prefix, scratch);
-  for (int w = blockIdx.x; w < nblk * S; w += gridDim.x) {
+  pdl_wait_primary();
+  for (int w = blockIdx.x; w < nblk * p.S; w += gridDim.x) {
     const int wb = w % nblk, s = w / nblk;
     const WorkBlock blk = locate_block(rt, prefix, wb, BM);
     if (blk.e < 0 || blk.e >= rt.E) continue;
@@ -302,15 +313,15 @@ __global__ void __launch_bounds__(kThreads) moe_lora_reduce_kernel(const Routing
       __syncthreads();
       if (threadIdx.x < BM) ids[threadIdx.x] = tile_route(rt, blk, m0, BM);
       __syncthreads();
-      reduce_partials<BM>(partial, ksplit, S, s, rt.numel, RP, G, ids, red,
+      reduce_partials<BM>(p.partial, p.ksplit, p.S, s, rt.numel, p.RP, p.G, ids, red,
                           [&](int row, int col, float4 v) {
                             const int id = ids[row];
                             if (id < 0) return;
-                            T* dst = inter + (static_cast<int64_t>(s) * rt.numel + id) * r;
+                            T* dst = inter + (static_cast<int64_t>(s) * rt.numel + id) * p.r;
                             const float vals[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
                             for (int q = 0; q < 4; ++q)
-                              if (col + q < r) dst[col + q] = from_f32<T>(vals[q]);
+                              if (col + q < p.r) dst[col + q] = from_f32<T>(vals[q]);
                           });
     }
   }
