@@ -53,16 +53,20 @@ struct ShrinkPlan {
   int ksplit, kchunk, grid;
 };
 
-// Split K until about 4 CTAs per SM stream weights, keeping at least two stages per chunk, and
-// only while the fp32 partials stay small (<= 256 KB, but see long K below): the expand re-reads
-// them once per column tile, so at prefill sizes one chunk (rank vectors rounded in the shrink)
-// is cheaper.
+// Split K until about 4 CTAs per SM stream weights (2 from rank 64, where a CTA streams 4x the
+// bytes per K column, and no chunk longer than 192 KB of lora_a), keeping at least two stages
+// per chunk, and only while the fp32 partials stay small (<= 256 KB, but see long K below): they
+// are summed at least once more, so at prefill sizes one chunk (rank vectors rounded in the
+// shrink) is cheaper. (H100, rank 64 at T = 16-64, 2 instead of 4 per SM: down 5-10 % faster,
+// gate/up 0-3 %; kept at 4 for Mixtral's long K, where fewer chunks were 5 % slower.)
 inline ShrinkPlan plan_shrink(int64_t numel, int L, int NB, int BS, int E, int S, int K, int r,
                               int num_sms) {
   const int ns = shrink_slices_per_cta(S, r, numel);
   const int bk = shrink_bk(padded_rank(r), BS, ns);
   const int64_t items = max_real_blocks(numel, L, NB, BS, E) * (S / ns);
-  const int64_t want = (4LL * num_sms + items - 1) / items;
+  const int64_t per_sm = padded_rank(r) >= 64 && K < 8192 ? 2 : 4;
+  const int64_t chunk_cap = (int64_t{K} * padded_rank(r) * 2 + (192 << 10) - 1) / (192 << 10);
+  const int64_t want = std::max((per_sm * num_sms + items - 1) / items, chunk_cap);
   const int64_t partial_row = int64_t{4} * S * numel * padded_rank(r);
   int64_t by_partials = (int64_t{256} << 10) / partial_row;
   // Long K (Mixtral's down input, K = 14336): where the cap would leave few CTAs streaming K
