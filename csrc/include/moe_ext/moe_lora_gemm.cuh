@@ -7,9 +7,10 @@
 // for every route i listed in a real block (l, b) of the alignment, e = expert of the block.
 // At decode sizes (plan_decode) both run in one launch of thread-block clusters instead
 // (moe_lora_gemm_decode.cuh); elsewhere, blocks of 16 rows expand through the stream kernel
-// (moe_lora_gemm_expand_stream.cuh) where use_stream_expand says so. Grids depend on shapes
-// only; each CTA walks the compact list of real blocks built from num_tokens_post_pad, so
-// CUDA-graph replays with new routing stay correct.
+// (moe_lora_gemm_expand_stream.cuh) where use_stream_expand says so, and split-K partials
+// bound for the tiled expand are summed once by the reduce kernel (reduce_before_expand). Grids
+// depend on shapes only; each CTA walks the compact list of real blocks built from
+// num_tokens_post_pad, so CUDA-graph replays with new routing stay correct.
 #pragma once
 
 #include <algorithm>
