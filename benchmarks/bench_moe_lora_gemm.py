@@ -105,8 +105,8 @@ def setup_case(preset, op, T, r, bw, gen, pools, block_size=None):
         )
 
     return SimpleNamespace(S=S, N=N, k=k, E=E, numel=numel, dtype=dtype, topk_ids=topk_ids,
-                           mapping=mapping, block_size=bs, align=(sorted_ids, expert_ids, post_pad),
-                           pairs=pairs, x=x, out=out,
+                           mapping=mapping, block_size=bs, pairs=pairs, x=x, out=out,
+                           align=(sorted_ids, expert_ids, post_pad),
                            weights=weights, floor_us=floor_bytes / bw * 1e6, need=need, mul=mul,
                            call=call)
 
