@@ -171,6 +171,57 @@ def test_bad_arguments_raise_naming_the_argument():
             moe_ext.moe_align_block_size_out(ids, 8, 16, *wrong_dtype)
 
 
+def test_scalars_checked_before_shapes_eager_and_compiled():
+    ids, slots = make_routing(8, 2, 8, 2)
+    with pytest.raises(RuntimeError, match=r"num_experts must be in \[1, 1024\], got -5"):
+        ops.moe_align_block_size(ids, -5, 16)
+    with pytest.raises(RuntimeError, match=r"num_experts must be in \[1, 1024\], got -5"):
+        ops.moe_lora_align_block_size(ids, slots, -5, 16, 2)
+    for block_size in (0, 2048):  # the fake raises the eager op's message under compile
+        compiled = torch.compile(
+            lambda i, s, bs=block_size: ops.moe_lora_align_block_size(i, s, 8, bs, 2),
+            fullgraph=True,
+        )
+        with pytest.raises(Exception, match=r"block_size must be in \[1, 1024\]"):
+            compiled(ids, slots)
+
+
+def test_out_buffers_checked_for_shape_and_overlap():
+    T, k, E, L, BS = 8, 2, 8, 2, 1
+    ids, slots = make_routing(T, k, E, L)
+    p = padded_length(T * k, E, BS)
+    good = [torch.empty(L, p, dtype=torch.int32), torch.empty(L, p // BS, dtype=torch.int32),
+            torch.empty(L, dtype=torch.int32)]
+    wrong = [torch.empty(L + 1, p, dtype=torch.int32), torch.empty(L + 1, p // BS,
+             dtype=torch.int32), torch.empty(L + 1, dtype=torch.int32)]
+    for idx, name in enumerate(["sorted_token_ids", "expert_ids", "num_tokens_post_pad"]):
+        bufs = list(good)
+        bufs[idx] = wrong[idx]
+        with pytest.raises(RuntimeError, match=f"{name} must have shape"):
+            moe_ext.moe_lora_align_block_size_out(ids, slots, E, BS, L, *bufs)
+    # With block size 1 sorted_token_ids and expert_ids have the same shape: one buffer for both
+    # would be accepted by the shape checks alone.
+    shared = torch.empty(L, p, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="sorted_token_ids must not share memory with expert"):
+        moe_ext.moe_lora_align_block_size_out(ids, slots, E, BS, L, shared, shared, good[2])
+    flat_ids = ids.view(-1)
+    with pytest.raises(RuntimeError, match="must not share memory with topk_ids"):
+        moe_ext.moe_align_block_size_out(ids, E, BS, torch.empty(p, dtype=torch.int32),
+                                         torch.empty(p, dtype=torch.int32), flat_ids[:1])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_out_buffers_at_unaligned_offsets(device):
+    """_out buffers that are contiguous views at an offset of one int32 (not 16-byte aligned)."""
+    T, k, E, L, BS = 100, 4, 32, 3, 16
+    ids, slots = make_routing(T, k, E, L, seed=5, device=device)
+    want = reference.moe_lora_align_block_size(ids.cpu(), slots.cpu(), E, BS, L)
+    outs = [torch.full((w.numel() + 1,), POISON, dtype=torch.int32, device=device)[1:].view(w.shape)
+            for w in want]
+    moe_ext.moe_lora_align_block_size_out(ids, slots, E, BS, L, *outs)
+    assert_align_equal(outs, want)
+
+
 def _opcheck_samples(device):
     ids, slots = make_routing(37, 6, 60, 4, device=device)
     enabled = torch.tensor([1, 1, 0, 1], dtype=torch.int32, device=device)

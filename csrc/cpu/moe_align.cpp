@@ -1,5 +1,6 @@
 // CPU implementation of the moe_align family, the argument checks shared with CUDA, and the
 // functional variants (allocate, then call the _out op through the dispatcher).
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -18,8 +19,22 @@ void check_vector(const at::Tensor& t, const char* name, bool size_ok, const cha
   MOE_EXT_CHECK(t.dim() == 1, name, " must be 1-D, got shape ", t.sizes());
   MOE_EXT_CHECK(size_ok, name, " must have ", size_text, " entries, got ", t.size(0));
   MOE_EXT_CHECK(dtype_ok, name, " must have dtype ", dtype_text, ", got ", t.scalar_type());
-  MOE_EXT_CHECK(t.is_contiguous(), name, " must be contiguous");
+  MOE_EXT_CHECK(t.is_contiguous(), name, " must be contiguous (strides ", t.strides(), ")");
   MOE_EXT_CHECK(t.device() == device, name, " must be on ", device, ", got ", t.device());
+}
+
+// The kernels write the outputs while they read the inputs: no two may share memory.
+void check_no_overlap(const at::Tensor& out, const char* out_name, const at::Tensor& other,
+                      const char* other_name) {
+  MOE_EXT_CHECK(at::get_overlap_status(out, other) == at::MemOverlapStatus::No, out_name,
+                " must not share memory with ", other_name);
+}
+
+// Checked before the output shapes are computed from them.
+void check_align_scalars(int64_t num_experts, int64_t block_size, int64_t max_loras) {
+  MOE_EXT_CHECK_RANGE("num_experts", num_experts, 1, kMaxExperts);
+  MOE_EXT_CHECK_RANGE("block_size", block_size, 1, 1024);
+  MOE_EXT_CHECK_RANGE("max_loras", max_loras, 1, 1024);
 }
 
 }  // namespace
@@ -34,9 +49,7 @@ void check_align_args(const at::Tensor& topk_ids, const at::Tensor* token_lora_m
   MOE_EXT_CHECK(topk_ids.scalar_type() == at::kInt || topk_ids.scalar_type() == at::kLong,
                 "topk_ids must have dtype int32 or int64, got ", topk_ids.scalar_type());
   MOE_EXT_CHECK_CONTIGUOUS(topk_ids);
-  MOE_EXT_CHECK_RANGE("num_experts", num_experts, 1, kMaxExperts);
-  MOE_EXT_CHECK_RANGE("block_size", block_size, 1, 1024);
-  MOE_EXT_CHECK_RANGE("max_loras", max_loras, 1, 1024);
+  check_align_scalars(num_experts, block_size, max_loras);
   const int64_t numel = topk_ids.numel();
   MOE_EXT_CHECK(numel < (int64_t{1} << 30), "topk_ids.numel() must be < 2^30, got ", numel);
   const auto device = topk_ids.device();
@@ -73,9 +86,15 @@ void check_align_args(const at::Tensor& topk_ids, const at::Tensor* token_lora_m
                   at::IntArrayRef(*shape), ", got ", t->sizes());
     MOE_EXT_CHECK(t->scalar_type() == at::kInt, name, " must have dtype int32, got ",
                   t->scalar_type());
-    MOE_EXT_CHECK(t->is_contiguous(), name, " must be contiguous");
+    MOE_EXT_CHECK(t->is_contiguous(), name, " must be contiguous (strides ", t->strides(), ")");
     MOE_EXT_CHECK(t->device() == device, name, " must be on ", device, ", got ", t->device());
+    check_no_overlap(*t, name, topk_ids, "topk_ids");
+    if (lora) check_no_overlap(*t, name, *token_lora_mapping, "token_lora_mapping");
   }
+  check_no_overlap(sorted_token_ids, "sorted_token_ids", expert_ids, "expert_ids");
+  check_no_overlap(sorted_token_ids, "sorted_token_ids", num_tokens_post_pad,
+                   "num_tokens_post_pad");
+  check_no_overlap(expert_ids, "expert_ids", num_tokens_post_pad, "num_tokens_post_pad");
 }
 
 namespace {
@@ -185,7 +204,7 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_align_block_size(
     const at::Tensor& topk_ids, int64_t num_experts, int64_t block_size,
     const std::optional<at::Tensor>& expert_map) {
-  MOE_EXT_CHECK_RANGE("block_size", block_size, 1, 1024);
+  check_align_scalars(num_experts, block_size, 1);
   const int64_t p = padded_length(topk_ids.numel(), num_experts, block_size);
   const auto opts = topk_ids.options().dtype(at::kInt);
   auto sorted = at::empty({p}, opts);
@@ -204,8 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> moe_lora_align_block_size(
     const at::Tensor& topk_ids, const at::Tensor& token_lora_mapping, int64_t num_experts,
     int64_t block_size, int64_t max_loras, const std::optional<at::Tensor>& adapter_enabled,
     const std::optional<at::Tensor>& expert_map) {
-  MOE_EXT_CHECK_RANGE("block_size", block_size, 1, 1024);
-  MOE_EXT_CHECK_RANGE("max_loras", max_loras, 1, 1024);
+  check_align_scalars(num_experts, block_size, max_loras);
   const int64_t p = padded_length(topk_ids.numel(), num_experts, block_size);
   const auto opts = topk_ids.options().dtype(at::kInt);
   auto sorted = at::empty({max_loras, p}, opts);

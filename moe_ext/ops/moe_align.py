@@ -86,8 +86,20 @@ def moe_lora_align_block_size_out(
     )
 
 
+def _check_scalars(num_experts: int, block_size: int, max_loras: int = 1) -> None:
+    """The C++ ops' range checks, for the fakes: shapes are computed from these values."""
+    for name, value in (
+        ("num_experts", num_experts), ("block_size", block_size), ("max_loras", max_loras)
+    ):
+        torch._check(
+            value >= 1 and value <= 1024,
+            lambda n=name, v=value: f"{n} must be in [1, 1024], got {v}",
+        )
+
+
 @torch.library.register_fake("moe_ext::moe_align_block_size")
 def _moe_align_block_size_fake(topk_ids, num_experts, block_size, expert_map=None):
+    _check_scalars(num_experts, block_size)
     p, blocks = align_shapes(topk_ids.numel(), num_experts, block_size)
     new = topk_ids.new_empty
     return (
@@ -102,7 +114,7 @@ def _moe_align_block_size_out_fake(
     topk_ids, num_experts, block_size, expert_map, sorted_token_ids, expert_ids,
     num_tokens_post_pad,
 ):
-    return None
+    _check_scalars(num_experts, block_size)
 
 
 @torch.library.register_fake("moe_ext::moe_lora_align_block_size")
@@ -110,6 +122,7 @@ def _moe_lora_align_block_size_fake(
     topk_ids, token_lora_mapping, num_experts, block_size, max_loras, adapter_enabled=None,
     expert_map=None,
 ):
+    _check_scalars(num_experts, block_size, max_loras)
     p, blocks = align_shapes(topk_ids.numel(), num_experts, block_size)
     new = topk_ids.new_empty
     return (
@@ -124,4 +137,4 @@ def _moe_lora_align_block_size_out_fake(
     topk_ids, token_lora_mapping, num_experts, block_size, max_loras, adapter_enabled,
     expert_map, sorted_token_ids, expert_ids, num_tokens_post_pad,
 ):
-    return None
+    _check_scalars(num_experts, block_size, max_loras)

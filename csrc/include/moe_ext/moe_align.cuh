@@ -233,9 +233,10 @@ __global__ void __launch_bounds__(kThreads) align_single_kernel(AlignParams p) {
   load_lane_experts(p, ids, slot, range, experts);
   const int count = count_and_scan_warps(p, experts, hist);
   lay_out_segments(p, slot, count, seg_start, warp_sums);
-  // Sentinel everywhere, then the routes on top (the barrier orders the two writes).
+  // Sentinel everywhere, then the routes on top (the barrier orders the two writes). 16-byte
+  // stores only where every row starts 16-byte aligned: an _out buffer may be an offset view.
   int32_t* row = p.sorted_token_ids + static_cast<int64_t>(slot) * p.padded_len;
-  if ((p.padded_len & 3) == 0) {
+  if ((p.padded_len & 3) == 0 && (reinterpret_cast<uintptr_t>(p.sorted_token_ids) & 15) == 0) {
     const int4 fill = make_int4(p.numel, p.numel, p.numel, p.numel);
     int4* row4 = reinterpret_cast<int4*>(row);
     for (int j = threadIdx.x; j < p.padded_len / 4; j += kThreads) row4[j] = fill;
