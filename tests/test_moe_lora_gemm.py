@@ -313,7 +313,13 @@ def test_cuda_rejects_float32():
         (lambda c: c.update(x=c["x"][:, :64]), "x.size"),
         (lambda c: c.update(expert_ids=c["expert_ids"][:, :-1].contiguous()), "multiple"),
         (lambda c: c.update(sorted_token_ids=c["sorted_token_ids"].long()), "int32"),
-        (lambda c: c.update(output=c["output"][..., :50]), "offset \\+ S\\*N"),
+        (lambda c: c.update(output=c["output"][..., :50]), "offset must be in"),
+        (lambda c: c.update(lora_a=[a[..., :0] for a in c["lora_a"]], x=c["x"][:, :0]),
+         "positive multiples of 8"),
+        (lambda c: c.update(lora_b=[b[:, :, :0] for b in c["lora_b"]]), "positive multiples of 8"),
+        (lambda c: c.update(expert_ids=c["expert_ids"].long()), "expert_ids must have dtype"),
+        (lambda c: c.update(num_tokens_post_pad=c["num_tokens_post_pad"].repeat_interleave(2)[::2]),
+         "num_tokens_post_pad must be contiguous"),
         (lambda c: c.update(topk_weights=c["topk_weights"][:2]), "topk_weights"),
         (lambda c: c.update(adapter_enabled=torch.ones(7, dtype=torch.int32)), "adapter_enabled"),
     ],
@@ -323,6 +329,64 @@ def test_bad_arguments(mutate, match):
     mutate(c)
     with pytest.raises(RuntimeError, match=match):
         run_fused(c, True, True)
+
+
+def test_meta_tensor_among_cpu_ones_raises():
+    """One meta argument sends the call to the fake: it must raise, not return unwritten."""
+    c = make_case()
+    c["topk_weights"] = c["topk_weights"].to("meta")
+    with pytest.raises(RuntimeError, match="topk_weights must be on cpu"):
+        run_fused(c, True, True)
+
+
+@pytest.mark.parametrize("offset", [-8, 2**63 - 8, 2**40])
+def test_offset_out_of_range(offset):
+    """offset + S*N would overflow int64 (or the kernels' int32 column index): rejected by name."""
+    c = make_case()
+    with pytest.raises(RuntimeError, match="offset must be in"):
+        run_fused(c, True, True, offset)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("add", [True, False])
+def test_empty_batch_and_alignment_without_blocks(device, add):
+    """T = 0 straight from the align op; and T > 0 with an alignment of no blocks (P = 0): no
+    route has a LoRA, so add leaves the output as is and overwrite zeroes the slice columns."""
+    L, E, k = 3, 6, 3
+    empty = make_case(device, T=4, k=k, E=E, L=L)
+    ids = torch.empty(0, k, dtype=torch.int32, device=device)
+    align = moe_ext.moe_lora_align_block_size(
+        ids, torch.empty(0, dtype=torch.int32, device=device), E, 4, L
+    )
+    assert align[0].shape == (L, 0)
+    out = torch.empty(0, k, empty["output"].shape[-1], device=device, dtype=torch.bfloat16)
+    moe_ext.fused_moe_lora(out, empty["x"][:0], empty["lora_a"], empty["lora_b"],
+                           empty["topk_weights"][:0], *align, k, True, add)
+    inter = torch.empty(2, 0, 16, device=device, dtype=torch.bfloat16)
+    moe_ext.fused_moe_lora_shrink(inter, empty["x"][:0], empty["lora_a"], *align, k)
+    moe_ext.fused_moe_lora_expand(out, inter, empty["lora_b"], empty["topk_weights"][:0], *align,
+                                  k, True, add)
+    no_blocks = (torch.empty(L, 0, dtype=torch.int32, device=device),) * 2 + (
+        torch.zeros(L, dtype=torch.int32, device=device),)
+    c = make_case(device, T=4, k=k, E=E, L=L, extra_cols=8)
+    c.update(sorted_token_ids=no_blocks[0], expert_ids=no_blocks[1],
+             num_tokens_post_pad=no_blocks[2])
+    got = run_fused(c, True, add).cpu()
+    want = c["output"].cpu().clone()
+    if not add:
+        want[..., : 2 * 48] = 0
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_top1_output_view_of_a_wider_buffer(device):
+    """[T, 1, W] output whose rows are a view of a wider buffer (T*k rows of stride != W)."""
+    c = make_case(device, k=1, offset=8)
+    T, _, W = c["output"].shape
+    wide = torch.randn(T, W + 5, device=device).to(c["output"].dtype)
+    c["output"] = wide[:, :W].unsqueeze(1)
+    got = run_fused(c, True, True, 8)
+    check(c, got, ref_fused(c, True, True, 8), True, 8)
 
 
 def opcheck_samples(device):

@@ -21,36 +21,41 @@ void check_routing(MoeLoraGemmDims& d, const at::Tensor& sorted_token_ids,
   MOE_EXT_CHECK_DIM(sorted_token_ids, 2);
   MOE_EXT_CHECK_DIM(expert_ids, 2);
   MOE_EXT_CHECK_DIM(num_tokens_post_pad, 1);
-  for (const at::Tensor* t : {&sorted_token_ids, &expert_ids, &num_tokens_post_pad}) {
-    TORCH_CHECK(t->scalar_type() == at::kInt, "alignment tensors must be int32, got ",
+  for (const auto& [t, name] : {std::make_pair(&sorted_token_ids, "sorted_token_ids"),
+                                 std::make_pair(&expert_ids, "expert_ids"),
+                                 std::make_pair(&num_tokens_post_pad, "num_tokens_post_pad")}) {
+    TORCH_CHECK(t->scalar_type() == at::kInt, name, " must have dtype int32, got ",
                 t->scalar_type());
-    TORCH_CHECK(t->is_contiguous(), "alignment tensors must be contiguous");
-    TORCH_CHECK(t->device() == dev, "alignment tensors must be on ", dev, ", got ", t->device());
+    TORCH_CHECK(t->is_contiguous(), name, " must be contiguous (strides ", t->strides(), ")");
+    TORCH_CHECK(t->device() == dev, name, " must be on ", dev, ", got ", t->device());
   }
   MOE_EXT_CHECK_SIZE(sorted_token_ids, 0, d.L);
   MOE_EXT_CHECK_SIZE(expert_ids, 0, d.L);
   MOE_EXT_CHECK_SIZE(num_tokens_post_pad, 0, d.L);
   d.P = sorted_token_ids.size(1);
   d.NB = expert_ids.size(1);
-  TORCH_CHECK(d.NB > 0 && d.P % d.NB == 0, "sorted_token_ids.size(1) (", d.P,
-              ") must be a multiple of expert_ids.size(1) (", d.NB, ")");
-  d.BS = d.P / d.NB;
+  // P = NB = 0: the alignment of an empty batch (no blocks, nothing to compute).
+  TORCH_CHECK((d.NB > 0 && d.P % d.NB == 0) || (d.NB == 0 && d.P == 0),
+              "sorted_token_ids.size(1) (", d.P, ") must be a multiple of expert_ids.size(1) (",
+              d.NB, ")");
+  d.BS = d.NB > 0 ? d.P / d.NB : 1;
   TORCH_CHECK(d.BS <= 1024, "block_size (P / blocks) must be <= 1024, got ", d.BS);
   TORCH_CHECK(d.L <= 1024, "max_loras must be <= 1024, got ", d.L);
   if (adapter_enabled.has_value()) {
     const at::Tensor& en = *adapter_enabled;
-    MOE_EXT_CHECK_DIM(en, 1);
+    TORCH_CHECK(en.dim() == 1, "adapter_enabled must be 1-D, got shape ", en.sizes());
     TORCH_CHECK(en.size(0) == d.L || en.size(0) == d.L + 1, "adapter_enabled must have ", d.L,
                 " or ", d.L + 1, " elements, got ", en.size(0));
     TORCH_CHECK(en.scalar_type() == at::kInt || en.scalar_type() == at::kBool,
                 "adapter_enabled must be int32 or bool, got ", en.scalar_type());
-    MOE_EXT_CHECK_DEVICE(en, dev);
+    TORCH_CHECK(en.device() == dev, "adapter_enabled must be on ", dev, ", got ", en.device());
   }
 }
 
-// lora list: S tensors of [L, E, rows, cols] with one shared shape and dtype.
+// lora list: S tensors of [L, E, rows, cols] with one shared shape and the dtype of `like`
+// (the activation input: x or intermediate).
 void check_lora_list(const std::vector<at::Tensor>& list, const char* name, at::ScalarType dtype,
-                     const at::Device& dev) {
+                     const char* like, const at::Device& dev) {
   TORCH_CHECK(!list.empty() && list.size() <= 4, name, " must hold 1 to 4 slices, got ",
               list.size());
   for (const at::Tensor& t : list) {
@@ -58,15 +63,15 @@ void check_lora_list(const std::vector<at::Tensor>& list, const char* name, at::
                 t.sizes());
     TORCH_CHECK(t.sizes() == list[0].sizes(), name, " slices must share one shape: ", t.sizes(),
                 " vs ", list[0].sizes());
-    TORCH_CHECK(t.scalar_type() == dtype, name, " must have dtype ", dtype, " (x's), got ",
-                t.scalar_type());
+    TORCH_CHECK(t.scalar_type() == dtype, name, " must have dtype ", dtype, " (", like,
+                "'s), got ", t.scalar_type());
     TORCH_CHECK(t.device() == dev, name, " must be on ", dev, ", got ", t.device());
   }
 }
 
-// output [T, k, W] or [T*k, W]: sets T, numel and checks the column range.
-void check_output(MoeLoraGemmDims& d, const at::Tensor& output, at::ScalarType dtype,
-                  int64_t width_needed) {
+// output [T, k, W] or [T*k, W]: checks that it views as [T*k, W] and that the columns
+// [offset, offset + S*N) fit (in that form: offset + S*N could overflow).
+void check_output(const MoeLoraGemmDims& d, const at::Tensor& output, at::ScalarType dtype) {
   TORCH_CHECK(output.dim() == 2 || output.dim() == 3, "output must be [T, k, W] or [T*k, W], got ",
               output.sizes());
   MOE_EXT_CHECK_DTYPE(output, dtype);
@@ -74,11 +79,15 @@ void check_output(MoeLoraGemmDims& d, const at::Tensor& output, at::ScalarType d
               output.strides());
   if (output.dim() == 3) {
     MOE_EXT_CHECK_SIZE(output, 1, d.top_k);
-    TORCH_CHECK(output.stride(0) == output.size(1) * output.stride(1),
+    TORCH_CHECK(output.size(0) == 1 || output.size(1) == 1 ||
+                    output.stride(0) == output.size(1) * output.stride(1),
                 "output [T, k, W] must be viewable as [T*k, W], strides ", output.strides());
   }
-  TORCH_CHECK(output.size(-1) >= width_needed, "output.size(-1) must be >= offset + S*N = ",
-              width_needed, ", got ", output.size(-1));
+  const int64_t width = output.size(-1);
+  TORCH_CHECK(width < (int64_t{1} << 31), "output.size(-1) must be < 2^31, got ", width);
+  const int64_t last = width - d.S * d.N;
+  TORCH_CHECK(d.offset >= 0 && d.offset <= last, "offset must be in [0, W - S*N] = [0, ", last,
+              "] (W = output.size(-1) = ", width, ", S*N = ", d.S * d.N, "), got ", d.offset);
 }
 
 void check_weights(const MoeLoraGemmDims& d, const at::Tensor& topk_weights,
@@ -128,8 +137,8 @@ MoeLoraGemmDims check_fused_moe_lora(const at::Tensor& output, const at::Tensor&
   const at::Device dev = x.device();
   TORCH_CHECK(output.dim() >= 2, "output must be [T, k, W] or [T*k, W], got ", output.sizes());
   set_tokens(d, output_routes(output, top_k), top_k);
-  check_lora_list(lora_a, "lora_a", x.scalar_type(), dev);
-  check_lora_list(lora_b, "lora_b", x.scalar_type(), dev);
+  check_lora_list(lora_a, "lora_a", x.scalar_type(), "x", dev);
+  check_lora_list(lora_b, "lora_b", x.scalar_type(), "x", dev);
   TORCH_CHECK(lora_a.size() == lora_b.size(), "lora_a and lora_b must have as many slices, got ",
               lora_a.size(), " and ", lora_b.size());
   const at::Tensor& a = lora_a[0];
@@ -140,13 +149,12 @@ MoeLoraGemmDims check_fused_moe_lora(const at::Tensor& output, const at::Tensor&
               "lora_b must be [L, E, N, r] = [", d.L, ", ", d.E, ", N, ", d.r, "], got ",
               b.sizes());
   TORCH_CHECK(d.r >= 1 && d.r <= 128, "LoRA rank must be in [1, 128], got ", d.r);
-  TORCH_CHECK(d.K % 8 == 0 && d.N % 8 == 0, "K and N must be multiples of 8, got K = ", d.K,
-              ", N = ", d.N);
-  TORCH_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+  TORCH_CHECK(d.K > 0 && d.K % 8 == 0 && d.N > 0 && d.N % 8 == 0,
+              "K and N must be positive multiples of 8, got K = ", d.K, ", N = ", d.N);
   d.offset = offset;
   check_x(d, x);
   MOE_EXT_CHECK_DEVICE(output, dev);
-  check_output(d, output, x.scalar_type(), offset + d.S * d.N);
+  check_output(d, output, x.scalar_type());
   check_weights(d, topk_weights, dev);
   check_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, adapter_enabled, dev);
   return d;
@@ -162,12 +170,12 @@ MoeLoraGemmDims check_fused_moe_lora_shrink(const at::Tensor& intermediate, cons
   const at::Device dev = x.device();
   MOE_EXT_CHECK_DIM(intermediate, 3);
   set_tokens(d, intermediate.size(1), top_k);
-  check_lora_list(lora_a, "lora_a", x.scalar_type(), dev);
+  check_lora_list(lora_a, "lora_a", x.scalar_type(), "x", dev);
   const at::Tensor& a = lora_a[0];
   d.S = static_cast<int64_t>(lora_a.size());
   d.L = a.size(0), d.E = a.size(1), d.r = a.size(2), d.K = a.size(3), d.N = 0;
   TORCH_CHECK(d.r >= 1 && d.r <= 128, "LoRA rank must be in [1, 128], got ", d.r);
-  TORCH_CHECK(d.K % 8 == 0, "K must be a multiple of 8, got ", d.K);
+  TORCH_CHECK(d.K > 0 && d.K % 8 == 0, "K must be a positive multiple of 8, got ", d.K);
   check_x(d, x);
   MOE_EXT_CHECK_SIZE(intermediate, 0, d.S);
   MOE_EXT_CHECK_SIZE(intermediate, 2, d.r);
@@ -198,18 +206,17 @@ MoeLoraGemmDims check_fused_moe_lora_expand(const at::Tensor& output,
   TORCH_CHECK(output.dim() >= 2 && output_routes(output, top_k) == d.numel,
               "output must be [T, k, W] or [T*k, W] with T*k = intermediate.size(1) = ", d.numel,
               ", got ", output.sizes());
-  check_lora_list(lora_b, "lora_b", intermediate.scalar_type(), dev);
+  check_lora_list(lora_b, "lora_b", intermediate.scalar_type(), "intermediate", dev);
   const at::Tensor& b = lora_b[0];
   d.S = static_cast<int64_t>(lora_b.size());
   d.L = b.size(0), d.E = b.size(1), d.N = b.size(2), d.r = b.size(3), d.K = 0;
   TORCH_CHECK(d.r >= 1 && d.r <= 128, "LoRA rank must be in [1, 128], got ", d.r);
-  TORCH_CHECK(d.N % 8 == 0, "N must be a multiple of 8, got ", d.N);
+  TORCH_CHECK(d.N > 0 && d.N % 8 == 0, "N must be a positive multiple of 8, got ", d.N);
   MOE_EXT_CHECK_SIZE(intermediate, 0, d.S);
   MOE_EXT_CHECK_SIZE(intermediate, 2, d.r);
-  TORCH_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
   d.offset = offset;
   MOE_EXT_CHECK_DEVICE(output, dev);
-  check_output(d, output, intermediate.scalar_type(), offset + d.S * d.N);
+  check_output(d, output, intermediate.scalar_type());
   check_weights(d, topk_weights, dev);
   check_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, adapter_enabled, dev);
   return d;

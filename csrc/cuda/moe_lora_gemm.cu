@@ -54,6 +54,9 @@ void zero_unless_add(const MoeLoraGemmDims& d, const at::Tensor& output, bool ad
   out2.narrow(1, d.offset, d.S * d.N).zero_();
 }
 
+// An empty batch, or an alignment without blocks: no route has a LoRA, nothing to launch.
+bool no_blocks(const MoeLoraGemmDims& d) { return d.numel == 0 || d.NB == 0; }
+
 // The alignment as the kernels read it, with the int32 adapter mask it points at (owned here,
 // so it lives as long as the view).
 struct DeviceRouting {
@@ -301,12 +304,13 @@ void fused_moe_lora_cuda(const at::Tensor& output, const at::Tensor& x,
                            num_tokens_post_pad, top_k, offset, adapter_enabled);
   check_cuda_dtype(x.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
+  zero_unless_add(d, output, add_inputs);
+  if (no_blocks(d)) return;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int sms = num_sms(x);
   const DeviceRouting routing =
       make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, adapter_enabled);
   const lg::Routing& rt = routing.rt;
-  zero_unless_add(d, output, add_inputs);
   // Everything the expand needs besides the partials is prepared before the shrink launch, so
   // that the expand is the very next kernel on the stream.
   const at::Tensor w = float_weights(topk_weights, mul_routed_weight);
@@ -348,6 +352,7 @@ void fused_moe_lora_shrink_cuda(const at::Tensor& intermediate, const at::Tensor
       check_fused_moe_lora_shrink(intermediate, x, lora_a, sorted_token_ids, expert_ids,
                                   num_tokens_post_pad, top_k, adapter_enabled);
   check_cuda_dtype(x.scalar_type());
+  if (no_blocks(d)) return;
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int sms = num_sms(x);
@@ -380,11 +385,12 @@ void fused_moe_lora_expand_cuda(const at::Tensor& output, const at::Tensor& inte
       num_tokens_post_pad, top_k, offset, adapter_enabled);
   check_cuda_dtype(intermediate.scalar_type());
   const c10::cuda::CUDAGuard guard(intermediate.device());
+  zero_unless_add(d, output, add_inputs);
+  if (no_blocks(d)) return;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const DeviceRouting routing =
       make_routing(d, sorted_token_ids, expert_ids, num_tokens_post_pad, adapter_enabled);
   const lg::Routing& rt = routing.rt;
-  zero_unless_add(d, output, add_inputs);
   run_expand(d, rt, at::Tensor(), 1, intermediate, expand_ready_all(lora_b),
              float_weights(topk_weights, mul_routed_weight), add_inputs, output,
              num_sms(intermediate), false, false, stream);

@@ -59,8 +59,9 @@ def fused_moe_lora_shrink(
 ) -> None:
     """Rank vectors: `intermediate` [S, T*k, r] (x's dtype, contiguous) row i = tmp of route i.
 
-    Rows of routes without a valid LoRA are unspecified. All-reduce it here for
-    tensor-parallel LoRA, then call `fused_moe_lora_expand`.
+    Shapes: `x` [T, K] or [T*k, K]; `lora_a[s]` [L, E, r, K] (any strides); the alignment as in
+    `fused_moe_lora`. Rows of routes without a valid LoRA are unspecified. All-reduce it here
+    for tensor-parallel LoRA, then call `fused_moe_lora_expand`.
     """
     _ops.fused_moe_lora_shrink(
         intermediate, x, list(lora_a), sorted_token_ids, expert_ids, num_tokens_post_pad, top_k,
@@ -82,11 +83,32 @@ def fused_moe_lora_expand(
     offset: int = 0,
     adapter_enabled: Optional[torch.Tensor] = None,
 ) -> None:
-    """`output[i, offset + s*N : ...] (+)= w_i * intermediate[s, i] @ lora_b[s][l, e].T`."""
+    """`output[i, offset + s*N : ...] (+)= w_i * intermediate[s, i] @ lora_b[s][l, e].T`.
+
+    Shapes: `output` [T, k, W] or [T*k, W] with W >= offset + S*N; `intermediate` [S, T*k, r]
+    (contiguous); `lora_b[s]` [L, E, N, r] in intermediate's dtype (any strides); `topk_weights`
+    [T, k]; the alignment as in `fused_moe_lora`.
+    """
     _ops.fused_moe_lora_expand(
         output, intermediate, list(lora_b), topk_weights, sorted_token_ids, expert_ids,
         num_tokens_post_pad, top_k, mul_routed_weight, add_inputs, offset, adapter_enabled,
     )
+
+
+def _check_same_device(device: torch.device, **tensors) -> None:
+    """The C++ ops' device checks, for the fakes (a meta tensor among CPU ones would otherwise
+    route the whole call to the fake and return unwritten outputs)."""
+    for name, t in tensors.items():
+        labelled = (
+            [(f"{name}[{i}]", u) for i, u in enumerate(t)] if isinstance(t, (list, tuple))
+            else [(name, t)]
+        )
+        for label, u in labelled:
+            if u is not None:
+                torch._check(
+                    u.device == device,
+                    lambda n=label, u=u: f"{n} must be on {device}, got {u.device}",
+                )
 
 
 @torch.library.register_fake("moe_ext::fused_moe_lora")
@@ -95,7 +117,11 @@ def _fused_moe_lora_fake(
     top_k, mul_routed_weight=False, add_inputs=True, offset=0, adapter_enabled=None,
 ):
     torch._check(len(lora_a) == len(lora_b), lambda: "lora_a and lora_b slice counts differ")
-    return None
+    _check_same_device(
+        x.device, output=output, lora_a=lora_a, lora_b=lora_b, topk_weights=topk_weights,
+        sorted_token_ids=sorted_token_ids, expert_ids=expert_ids,
+        num_tokens_post_pad=num_tokens_post_pad, adapter_enabled=adapter_enabled,
+    )
 
 
 @torch.library.register_fake("moe_ext::fused_moe_lora_shrink")
@@ -104,7 +130,11 @@ def _fused_moe_lora_shrink_fake(
     adapter_enabled=None,
 ):
     torch._check(intermediate.dim() == 3, lambda: "intermediate must be [S, T*k, r]")
-    return None
+    _check_same_device(
+        x.device, intermediate=intermediate, lora_a=lora_a, sorted_token_ids=sorted_token_ids,
+        expert_ids=expert_ids, num_tokens_post_pad=num_tokens_post_pad,
+        adapter_enabled=adapter_enabled,
+    )
 
 
 @torch.library.register_fake("moe_ext::fused_moe_lora_expand")
@@ -114,4 +144,8 @@ def _fused_moe_lora_expand_fake(
     adapter_enabled=None,
 ):
     torch._check(intermediate.dim() == 3, lambda: "intermediate must be [S, T*k, r]")
-    return None
+    _check_same_device(
+        intermediate.device, output=output, lora_b=lora_b, topk_weights=topk_weights,
+        sorted_token_ids=sorted_token_ids, expert_ids=expert_ids,
+        num_tokens_post_pad=num_tokens_post_pad, adapter_enabled=adapter_enabled,
+    )
