@@ -204,7 +204,7 @@ def nvfp4_quantize(x: torch.Tensor, global_scale: torch.Tensor, swizzle: bool = 
     k = x.shape[-1]
     gs = global_scale.cpu().float().reshape(())
     blocks = x.cpu().float().reshape(-1, k // 16, 16)
-    amax = blocks.abs().amax(-1)
+    amax = blocks.abs().nan_to_num(nan=0.0, posinf=float("inf")).amax(-1)  # NaN left out
     sf = (gs * amax / 6.0).clamp(max=448.0).to(torch.float8_e4m3fn)
     sf_value = sf.float()
     mult = torch.where(sf_value > 0, gs / sf_value, torch.zeros_like(sf_value))
@@ -214,7 +214,8 @@ def nvfp4_quantize(x: torch.Tensor, global_scale: torch.Tensor, swizzle: bool = 
         (a > 0.25).int() + (a >= 0.75).int() + (a > 1.25).int() + (a >= 1.75).int()
         + (a > 2.5).int() + (a >= 3.5).int() + (a > 5.0).int()
     )
-    codes = (codes | torch.signbit(v).int() * 8).reshape(-1, k // 2, 2)
+    codes = (codes | torch.signbit(v).int() * 8).masked_fill(v.isnan(), 0)  # NaN -> +0
+    codes = codes.reshape(-1, k // 2, 2)
     packed = (codes[..., 0] | (codes[..., 1] << 4)).to(torch.uint8)
     packed = packed.reshape(*x.shape[:-1], k // 2)
     if swizzle:

@@ -84,6 +84,44 @@ def test_rounding_ties_signs_and_zero_blocks():
     assert scales.view(torch.uint8)[:, 0].tolist() == [0x38, 0x00]  # e4m3(1.0), zero scale
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_non_finite_inputs(device):
+    """NaN is left out of the block amax and encodes as +0 (whatever its sign bit); +-inf takes
+    the largest scale and saturates; the same bytes as the reference."""
+    x = make_input((4,), 64, torch.float32)
+    x[0, 3] = float("nan")
+    x[1, 17] = -float("nan")
+    x[2, 40], x[2, 41] = float("inf"), -float("inf")
+    x[3, :16] = 0.0
+    x[3, 5] = -float("nan")  # a block of zeros and a NaN: scale 0, every code 0
+    gs = torch.tensor([2.0])
+    packed, scales = moe_ext.nvfp4_quantize(x.to(device), gs.to(device))
+    ref_packed, ref_scales = ref.nvfp4_quantize(x, gs)
+    same_bytes(packed, ref_packed)
+    same_bytes(scales, ref_scales)
+    codes = torch.stack((packed.cpu() & 0xF, packed.cpu() >> 4), -1).reshape(4, 64)
+    assert codes[0, 3] == 0 and codes[1, 17] == 0 and codes[3, :16].eq(0).all()
+    assert codes[2, 40] == 7 and codes[2, 41] == 0xF
+    finite = x[0, :16].nan_to_num(nan=0.0)
+    assert scales[0, 0].cpu() == ref.nvfp4_quantize(finite.reshape(1, 16), gs)[1][0, 0]
+    assert scales[2, 2].cpu().float() == 448.0
+    assert scales[3, 0].cpu().float() == 0.0
+
+
+def test_global_scale_helper_edge_cases():
+    x = torch.tensor([[1.0, -3.0, float("inf")], [float("nan"), 0.5, 2.0]])
+    assert moe_ext.nvfp4_global_scale(x).item() == pytest.approx(448.0 * 6.0 / 3.0)
+    assert moe_ext.nvfp4_global_scale(torch.empty(0, 16)).tolist() == [1.0]
+    assert moe_ext.nvfp4_global_scale(torch.full((2, 16), float("nan"))).tolist() == [1.0]
+
+
+def test_fake_checks_global_scale_device():
+    """A meta global_scale with a CPU x must raise, not return unwritten CPU tensors."""
+    x = make_input((2,), 32, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="global_scale must be on"):
+        moe_ext.nvfp4_quantize(x, torch.ones(1, device="meta"))
+
+
 def test_exactly_representable_roundtrip():
     # Values that are E2M1 codes times an E4M3 scale survive quantize -> dequantize exactly.
     grid = torch.tensor(ref._E2M1_VALUES[1:] + tuple(-v for v in ref._E2M1_VALUES[1:]))

@@ -7,6 +7,8 @@ Two values per byte, element `2i` in the low nibble. Scales are either linear `[
 the 128x4 swizzled layout `[round_up(M, 128), round_up(K/16, 4)]` (padding bytes 0) with
 byte offset of (m, c) = `(m//128)*(nKt*512) + (c//4)*512 + (m%32)*16 + ((m%128)//32)*4 + c%4`.
 Runs on CPU and on any CUDA GPU from sm_90 (Hopper) on; CPU and CUDA give identical bytes.
+Non-finite inputs: NaN is left out of the block amax and encodes as +0; +-inf saturates to +-6
+under the largest block scale (448).
 """
 
 import torch
@@ -17,9 +19,12 @@ _ops = torch.ops.moe_ext
 
 
 def nvfp4_global_scale(x: torch.Tensor) -> torch.Tensor:
-    """The conventional global scale `448 * 6 / amax(x)` as a float32 tensor of shape [1]
-    (1 when x is all zero, and never infinite)."""
-    amax = x.detach().abs().amax().float()
+    """The conventional global scale `448 * 6 / amax(x)` as a float32 tensor of shape [1], amax
+    taken over the finite values (1 when there are none or all are zero; never infinite)."""
+    if x.numel() == 0:
+        return torch.ones(1, dtype=torch.float32, device=x.device)
+    a = x.detach().abs().float()
+    amax = torch.where(a.isfinite(), a, 0.0).amax()
     gs = (448.0 * 6.0 / amax).clamp(max=torch.finfo(torch.float32).max)
     return torch.where(amax > 0, gs, torch.ones_like(gs)).reshape(1)
 
@@ -64,8 +69,25 @@ def _leading_rows(t: torch.Tensor):
     return rows
 
 
+def _check_global_scale(global_scale, device):
+    """The C++ ops' global_scale checks, for the fakes."""
+    torch._check(
+        global_scale.numel() == 1,
+        lambda: f"global_scale must have exactly 1 element, got {global_scale.numel()}",
+    )
+    torch._check(
+        global_scale.dtype == torch.float32,
+        lambda: f"global_scale must have dtype torch.float32, got {global_scale.dtype}",
+    )
+    torch._check(
+        global_scale.device == device,
+        lambda: f"global_scale must be on {device}, got {global_scale.device}",
+    )
+
+
 @torch.library.register_fake("moe_ext::nvfp4_quantize")
 def _nvfp4_quantize_fake(x, global_scale, swizzle=False):
+    _check_global_scale(global_scale, x.device)
     k = x.shape[-1]
     torch._check(k % 16 == 0, lambda: f"x.size(-1) must be a multiple of 16, got {k}")
     packed = x.new_empty((*x.shape[:-1], k // 2), dtype=torch.uint8)
@@ -78,6 +100,11 @@ def _nvfp4_quantize_fake(x, global_scale, swizzle=False):
 
 @torch.library.register_fake("moe_ext::nvfp4_dequantize")
 def _nvfp4_dequantize_fake(packed, scales, global_scale, dtype, swizzled=False):
+    _check_global_scale(global_scale, packed.device)
+    torch._check(
+        scales.device == packed.device,
+        lambda: f"scales must be on {packed.device}, got {scales.device}",
+    )
     return packed.new_empty((*packed.shape[:-1], packed.shape[-1] * 2), dtype=dtype)
 
 

@@ -5,6 +5,8 @@
 // Arithmetic, all float32 with IEEE division (the reference in moe_ext/reference.py mirrors it):
 //   amax = max |x| over the block;  sf = e4m3(min(gs * amax / 6, 448))  (round to nearest even)
 //   r = sf > 0 ? gs / sf : 0;       code = sign(x * r) | e2m1_rne(|x * r|) (saturates at 6)
+// Non-finite inputs: NaN is left out of amax and encodes as +0; +-inf gives the largest scale
+// (448) and saturates to +-6 (or, in a block of scale 0, encodes as +0).
 //   dequantize: x' = e2m1(code) * (sf / gs)
 // Packing: element 2i in the low nibble of byte i. Swizzled scales: 128x4 tiles, see
 // swizzled_offset().
@@ -89,9 +91,11 @@ MOE_EXT_HD bool negative(float v) {
 #endif
 }
 
-// A negative value that rounds to zero keeps its sign (code 0x8).
+// A negative value that rounds to zero keeps its sign (code 0x8). NaN encodes as +0 (code 0): a
+// NaN's sign bit differs between CPU and GPU arithmetic, the bytes must not.
 MOE_EXT_HD uint8_t quantize_value(float x, float mult) {
   const float v = x * mult;
+  if (v != v) return 0;
   return static_cast<uint8_t>((negative(v) ? 0x8 : 0x0) | e2m1_code(fabsf(v)));
 }
 
