@@ -53,6 +53,8 @@ def _gloo_worker(rank, ep, init_file):
             expected = ref.a2a_dispatch(every, E, ep, t_max)[rank]
             check_received(recv, expected, exact_order=True)
             expert_out = expert_output_of(recv, rank, E, ep, t_max, H)
+            if not from_bf16:  # a permuted view: combine takes any strides
+                expert_out = expert_out.transpose(0, 1).contiguous().transpose(0, 1)
             out = a2a.combine(expert_out)
             want = expected_combine(mine, E, ep)
             assert torch.equal(out, want), (out - want).abs().max()
@@ -88,7 +90,25 @@ def _misuse(a2a, rank, ep):
         a2a.dispatch(ids, w, runtime_max_tokens_per_rank=6, **q)
     with pytest.raises(ValueError, match="expert_output must have shape"):
         a2a.combine(torch.zeros(ep, MAX_TOKENS, H, dtype=torch.bfloat16))
+    # A misuse on rank 0 alone raises on every rank (the others would wait in the collective).
+    with pytest.raises(ValueError if rank == 0 else RuntimeError,
+                       match="expert_output must have shape" if rank == 0 else r"rank\(s\) \[0\]"):
+        a2a.combine(torch.zeros(ep, MAX_TOKENS if rank == 0 else 6, H, dtype=torch.bfloat16))
     a2a.combine(torch.zeros(ep, 6, H, dtype=torch.bfloat16))
+    with pytest.raises(TypeError if rank == 0 else RuntimeError,
+                       match="int32" if rank == 0 else r"dispatch failed .* rank\(s\) \[0\]"):
+        a2a.dispatch(ids.long() if rank == 0 else ids, w, **q)
+    a2a.dispatch(ids, w, **q)
+    with pytest.raises(RuntimeError,
+                       match=r"dispatch failed .* rank\(s\) \[0\]" if rank else "called twice"):
+        if rank == 0:
+            a2a.dispatch(ids, w, **q)
+        else:
+            a2a.combine(torch.zeros(ep, MAX_TOKENS, H, dtype=torch.bfloat16))
+    a2a.combine(torch.zeros(ep, MAX_TOKENS, H, dtype=torch.bfloat16))
+    bf16 = {"hidden_states": inputs["hidden_states"], "global_scale": inputs["global_scale"] + rank}
+    with pytest.raises(ValueError, match="global_scale must be the same on every rank"):
+        a2a.dispatch(ids, w, **bf16)
 
 
 @pytest.mark.parametrize("ep", [2, 3])

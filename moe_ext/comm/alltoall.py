@@ -1,10 +1,13 @@
 """`NvFp4AllToAll`: expert-parallel dispatch / combine of NVFP4 tokens over a process group.
 
-Every rank must call `dispatch` and then `combine` once per step, with the same T_max. Misuse is
-a Python error raised before anything is launched: FlashInfer's kernels wait for their peers
-(about 300 s, then trap), and NCCL collectives with mismatched sizes hang.
+Every rank must call `dispatch` and then `combine` once per step, with the same T_max and the
+same global scale. Misuse is a Python error raised before anything is launched: FlashInfer's
+kernels wait for their peers (about 300 s, then trap), and NCCL collectives with mismatched sizes
+hang. With `check_peers` the ranks first share whether their own checks passed, so a misuse on one
+rank raises on every rank instead of leaving the others waiting.
 """
 
+import math
 from typing import Optional
 
 import torch
@@ -18,10 +21,17 @@ from ._layout import (
     check_config,
     check_dispatch_args,
 )
-from .flashinfer_backend import FlashInferAllToAll, flashinfer_importable, unsupported_reason
+from .flashinfer_backend import (
+    FLASHINFER_VERSION,
+    FlashInferAllToAll,
+    flashinfer_importable,
+    flashinfer_unavailable,
+    unsupported_reason,
+)
 from .torch_backend import TorchAllToAll
 
 BACKENDS = ("auto", "flashinfer", "torch")
+_DISPATCH, _COMBINE = 1, 2  # the step each rank is at, compared by the peer check
 
 
 def _group_device(group) -> torch.device:
@@ -39,10 +49,11 @@ def _choose_backend(backend: str, device: torch.device, group, top_k: int, ep: i
             raise ValueError("backend='flashinfer' needs a CUDA (NCCL) process group")
         if unsupported:
             raise ValueError(f"backend='flashinfer': {unsupported}")
-        if not flashinfer_importable():
+        missing = flashinfer_unavailable()
+        if missing:
             raise ImportError(
-                "backend='flashinfer' needs flashinfer-python==0.7.2.post1 "
-                "(pip install 'moe_ext[a2a]')"
+                f"backend='flashinfer' needs flashinfer-python=={FLASHINFER_VERSION} "
+                f"(pip install 'moe_ext[a2a]'): {missing}"
             )
         return backend
     if backend == "torch":
@@ -59,9 +70,10 @@ class NvFp4AllToAll:
     `group` (None = default group) holds `ep` ranks; experts are split contiguously (the first
     `E % ep` ranks own one more). `backend`: "flashinfer" (one-sided NVLink kernels, CUDA),
     "torch" (all_to_all_single: NCCL or gloo) or "auto" (flashinfer when importable on a CUDA
-    group). `check_peers=True` all-gathers each dispatch's T_max and token count first (one
-    small collective and a host sync) so a mismatch raises instead of hanging; turn it off for
-    CUDA-graph capture.
+    group). `check_peers=True` all-gathers, before each dispatch and each combine, the step,
+    whether this rank's own argument checks passed, T_max and the global scale (one small
+    collective and a host sync), so a misuse or mismatch on any rank raises on every rank
+    instead of hanging; turn it off for CUDA-graph capture.
     """
 
     def __init__(
@@ -131,14 +143,42 @@ class NvFp4AllToAll:
         self._pending = (topk_ids.shape[0], t_max)
         return result
 
-    def _check_peers(self, t_max: int, num_tokens: int):
-        mine = torch.tensor([t_max, num_tokens], dtype=torch.int64, device=self.cfg.device)
-        every = torch.empty(self.cfg.ep * 2, dtype=torch.int64, device=self.cfg.device)
+    def _check_peers(self, step: int, error: Optional[Exception], t_max: int = 0,
+                     global_scale: Optional[torch.Tensor] = None):
+        """Share (step, own checks passed, T_max, global scale) with every rank; raise `error`
+        here, and on the other ranks an error naming this one."""
+        mine = torch.tensor(
+            [step, error is None, t_max, math.nan], dtype=torch.float64, device=self.cfg.device
+        )
+        if global_scale is not None and error is None:
+            mine[3] = global_scale.reshape(-1)[0]
+        every = torch.empty(self.cfg.ep * 4, dtype=torch.float64, device=self.cfg.device)
         dist.all_gather_into_tensor(every, mine, group=self.group)
-        t_maxes = every.view(self.cfg.ep, 2)[:, 0].tolist()
+        if error is not None:
+            raise error
+        rows = every.view(self.cfg.ep, 4).tolist()
+        steps = ["dispatch" if row[0] == _DISPATCH else "combine" for row in rows]
+        failed = [r for r, row in enumerate(rows) if not row[1]]
+        if failed:
+            raise RuntimeError(
+                f"{steps[failed[0]]} failed its argument checks on rank(s) {failed} (the error is "
+                f"raised there); no rank launched anything"
+            )
+        if len(set(steps)) != 1:
+            raise RuntimeError(
+                f"ranks called different steps {steps}: every rank must call dispatch, then "
+                f"combine"
+            )
+        t_maxes = [int(row[2]) for row in rows]
         if len(set(t_maxes)) != 1:
             raise ValueError(
                 f"runtime_max_tokens_per_rank must be the same on every rank, got {t_maxes}"
+            )
+        scales = {row[3] for row in rows if not math.isnan(row[3])}
+        if len(scales) > 1:
+            raise ValueError(
+                f"global_scale must be the same on every rank (the received rows carry no "
+                f"global scale), got {[row[3] for row in rows]}"
             )
 
     def dispatch(
@@ -157,15 +197,21 @@ class NvFp4AllToAll:
         [T, k] float32, and either `hidden_states` [T, H] bf16 with `global_scale` [1] float32
         (quantized here with `nvfp4_quantize`) or `x_fp4` [T, H/2] uint8 with `x_scales`
         [T, H/16] float8_e4m3fn. T <= T_max = `runtime_max_tokens_per_rank` (default
-        `max_tokens_per_rank`). Returns the received rows, each field `[ep, T_max, *]`; with the
-        flashinfer backend they are views of the workspace, valid until the next dispatch.
+        `max_tokens_per_rank`). `global_scale` must be the same on every rank: the received rows
+        carry none. Returns the received rows, each field `[ep, T_max, *]`; with the flashinfer
+        backend they are views of the workspace, valid until the next dispatch.
         """
-        t_max, x_fp4, x_scales = self._prepare(
-            topk_ids, topk_weights, hidden_states, global_scale, x_fp4, x_scales,
-            runtime_max_tokens_per_rank,
-        )
+        try:
+            t_max, x_fp4, x_scales = self._prepare(
+                topk_ids, topk_weights, hidden_states, global_scale, x_fp4, x_scales,
+                runtime_max_tokens_per_rank,
+            )
+        except (TypeError, ValueError, RuntimeError) as error:
+            if not self.check_peers or self._impl is None:
+                raise
+            self._check_peers(_DISPATCH, error)
         if self.check_peers:
-            self._check_peers(t_max, topk_ids.shape[0])
+            self._check_peers(_DISPATCH, None, t_max, global_scale)
         return self._launch(topk_ids, topk_weights, hidden_states, global_scale, x_fp4, x_scales,
                             t_max)
 
@@ -180,7 +226,14 @@ class NvFp4AllToAll:
         """Return `[T, H]` bf16: for each token of the last dispatch, the sum over the ranks it
         went to of their row of `expert_output` [ep, T_max, H] bf16 (the already-weighted expert
         outputs of the received rows)."""
-        num_tokens, t_max = self._check_combine(expert_output, out)
+        try:
+            num_tokens, t_max = self._check_combine(expert_output, out)
+        except (TypeError, ValueError, RuntimeError) as error:
+            if not self.check_peers or self._impl is None:
+                raise
+            self._check_peers(_COMBINE, error)
+        if self.check_peers:
+            self._check_peers(_COMBINE, None, t_max)
         self._pending = None
         return self._impl.combine(expert_output, out, num_tokens, t_max)
 

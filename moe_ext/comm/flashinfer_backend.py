@@ -6,13 +6,17 @@ the sending threads claimed them, so unlike the torch backend the order of a sou
 the token order (the set of rows and their contents are the same).
 """
 
+import functools
 import importlib.util
+from typing import Optional
 
 import torch
 import torch.distributed as dist
+from packaging.version import Version
 
 from ._layout import A2AConfig, DispatchResult, experts_of_rank
 
+FLASHINFER_VERSION = "0.7.2.post1"  # the release whose API, layout and limits are used here
 # The top-k values FlashInfer 0.7.2's kernels are instantiated for, and its rank limit.
 SUPPORTED_TOP_K = (1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 22)
 MAX_RANKS = 64
@@ -24,8 +28,27 @@ MAX_RANKS = 64
 _DLPACK_STRUCTS = []
 
 
+@functools.cache
+def flashinfer_unavailable() -> Optional[str]:
+    """Why FlashInfer's all-to-all cannot be used in this environment, or None. Imports it (once)
+    rather than only finding it, so that backend="auto" falls back on a broken install."""
+    if importlib.util.find_spec("flashinfer") is None:
+        return "flashinfer-python is not installed"
+    try:
+        import flashinfer
+        import tvm_ffi  # noqa: F401  (needed to run on torch's stream)
+
+        _fi()
+    except Exception as error:  # any failure of a third-party import means "not usable"
+        return f"importing flashinfer failed: {error!r}"
+    installed = getattr(flashinfer, "__version__", None)
+    if installed is not None and Version(installed) != Version(FLASHINFER_VERSION):
+        return f"flashinfer-python {installed} is installed, not {FLASHINFER_VERSION}"
+    return None
+
+
 def flashinfer_importable() -> bool:
-    return importlib.util.find_spec("flashinfer") is not None
+    return flashinfer_unavailable() is None
 
 
 def unsupported_reason(top_k: int, ep: int):

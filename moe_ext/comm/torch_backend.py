@@ -79,8 +79,9 @@ class TorchAllToAll:
         cfg = self.cfg
         sent, row = self._route
         self._route = None
-        back = torch.empty_like(expert_output)
-        dist.all_to_all_single(back, expert_output.contiguous(), group=self.group)
+        send = expert_output.contiguous()
+        back = torch.empty_like(send)
+        dist.all_to_all_single(back, send, group=self.group)
         rows = back.view(cfg.ep * t_max, cfg.hidden_size)
         # Sum in float32 over the ranks each token went to, in ascending rank order. Rows of
         # ranks a token did not go to are masked with where(), so garbage there (even NaN in
