@@ -16,7 +16,8 @@ POISON = -7777
 
 def make_routing(T, k, E, L, *, bad=True, seed=0, ids_dtype=torch.int32, device="cpu"):
     """Random top-k routing (distinct experts per token when possible) and token->slot mapping,
-    with planted bad values: ids < 0 and >= E, slots -1, >= L and < -1."""
+    with planted bad values: ids < 0 and >= E (for int64 ids also >= 2^32 with in-range low
+    bits, which a truncation to int32 would route), slots -1, >= L and < -1."""
     g = torch.Generator().manual_seed(seed)
     if k <= E:
         ids = torch.rand(T, E, generator=g).argsort(dim=1)[:, :k].contiguous()
@@ -28,6 +29,8 @@ def make_routing(T, k, E, L, *, bad=True, seed=0, ids_dtype=torch.int32, device=
         n_bad = max(1, T * k // 20)
         where = torch.randperm(T * k, generator=g)[:n_bad]
         flat[where] = torch.tensor([-1, E, E + 17, -(2**31) + 1] * n_bad)[:n_bad]
+        if ids_dtype == torch.int64:
+            flat[where[::2]] = 2**32 + 1
         bad_slots = torch.randperm(T, generator=g)[: max(1, T // 10)]
         slots[bad_slots] = torch.tensor([L, -2, L + 5, -100] * T)[: bad_slots.numel()]
     return ids.to(ids_dtype).to(device), slots.int().to(device)
@@ -266,7 +269,9 @@ def test_torch_compile_dynamic_cpu():
 # ---- CUDA ----------------------------------------------------------------------------------
 
 CUDA_CASES = SAMPLED[:12] + [(1, 8, 128, 16, 64), (4096, 8, 128, 16, 64), (16384, 8, 128, 16, 64),
-                             (65536, 22, 1024, 1, 128), (3, 22, 8, 32, 16)]
+                             (65536, 22, 1024, 1, 128), (3, 22, 8, 32, 16),
+                             (100, 4, 32, 3, 1), (77, 6, 60, 4, 3), (500, 8, 64, 4, 7),
+                             (2000, 8, 1024, 8, 16)]
 
 
 @pytest.mark.cuda
@@ -295,6 +300,17 @@ def test_plain_align_cuda_bit_exact_with_cpu(T, k, E, BS, ids_dtype):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("T", [0, 50, 3000])
+def test_lora_align_cuda_bool_enabled_and_int64_ids(T):
+    k, E, L, BS = 6, 60, 4, 32
+    ids, slots = make_routing(T, k, E, L, seed=T, ids_dtype=torch.int64)
+    enabled = torch.tensor([True, False, True, True])
+    want = reference.moe_lora_align_block_size(ids, slots, E, BS, L, enabled)
+    got = ops.moe_lora_align_block_size(ids.cuda(), slots.cuda(), E, BS, L, enabled.cuda())
+    assert_align_equal(got, want)
+
+
+@pytest.mark.cuda
 def test_cuda_rejects_mixed_devices():
     ids, slots = make_routing(8, 2, 8, 2)
     with pytest.raises(RuntimeError, match="token_lora_mapping must be on"):
@@ -304,8 +320,9 @@ def test_cuda_rejects_mixed_devices():
 
 
 @pytest.mark.cuda
-def test_cuda_graph_replay_with_new_routing():
-    T, k, E, L, BS = 256, 8, 128, 16, 64
+@pytest.mark.parametrize("T,BS", [(256, 64), (2048, 128)])  # one chunk / the multi-chunk path
+def test_cuda_graph_replay_with_new_routing(T, BS):
+    k, E, L = 8, 128, 16
     ids_buf, slots_buf = make_routing(T, k, E, L, seed=1, device="cuda")
     p = padded_length(T * k, E, BS)
     outs = [torch.full((L, p), POISON, dtype=torch.int32, device="cuda"),
