@@ -209,7 +209,7 @@ class NvFp4AllToAll:
         except (TypeError, ValueError, RuntimeError) as error:
             if not self.check_peers or self._impl is None:
                 raise
-            self._check_peers(_DISPATCH, error)
+            self._check_peers(_DISPATCH, error)  # raises, here and on every other rank
         if self.check_peers:
             self._check_peers(_DISPATCH, None, t_max, global_scale)
         return self._launch(topk_ids, topk_weights, hidden_states, global_scale, x_fp4, x_scales,
@@ -231,7 +231,7 @@ class NvFp4AllToAll:
         except (TypeError, ValueError, RuntimeError) as error:
             if not self.check_peers or self._impl is None:
                 raise
-            self._check_peers(_COMBINE, error)
+            self._check_peers(_COMBINE, error)  # raises, here and on every other rank
         if self.check_peers:
             self._check_peers(_COMBINE, None, t_max)
         self._pending = None
