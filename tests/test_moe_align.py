@@ -57,6 +57,7 @@ def test_lora_align_cpu_matches_reference(T, k, E, L, BS):
     ids, slots = make_routing(T, k, E, L, seed=T * 7 + k)
     got = ops.moe_lora_align_block_size(ids, slots, E, BS, L)
     assert_align_equal(got, reference.moe_lora_align_block_size(ids, slots, E, BS, L))
+    torch.library.opcheck(ops.moe_lora_align_block_size.default, (ids, slots, E, BS, L))
 
 
 @pytest.mark.slow
@@ -288,6 +289,8 @@ def test_lora_align_cuda_bit_exact_with_cpu(T, k, E, L, BS):
     assert_align_equal(outs, want)
     again = ops.moe_lora_align_block_size(dev[0], dev[1], E, BS, L, dev[2], dev[3])
     assert all(torch.equal(a, b) for a, b in zip(outs, again))
+    torch.library.opcheck(ops.moe_lora_align_block_size_out.default,
+                          (dev[0], dev[1], E, BS, L, dev[2], dev[3], *outs))
 
 
 @pytest.mark.cuda

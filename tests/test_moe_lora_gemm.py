@@ -82,6 +82,16 @@ def run_fused(c, mul, add, offset=0):
     return out
 
 
+def opcheck_fused(c, mul, add, offset=0):
+    """torch.library.opcheck (schema, fake, mutation and compile checks) on this sample."""
+    torch.library.opcheck(
+        torch.ops.moe_ext.fused_moe_lora.default,
+        (c["output"].clone(), c["x"], c["lora_a"], c["lora_b"], c["topk_weights"],
+         c["sorted_token_ids"], c["expert_ids"], c["num_tokens_post_pad"], c["top_k"], mul, add,
+         offset, c["adapter_enabled"]),
+    )
+
+
 def ref_fused(c, mul, add, offset=0):
     return reference.fused_moe_lora(
         c["output"], c["x"], c["lora_a"], c["lora_b"], c["topk_weights"], c["sorted_token_ids"],
@@ -135,6 +145,7 @@ def test_fused_ranks(device, dtype, r):
     mul, add, S = bool(i & 1), bool(i & 2) or r == 128, 1 + (i % 2)
     c = make_case(device, dtype, r=r, S=S, N=136 if r >= 64 else 48, seed=i)
     check(c, run_fused(c, mul, add), ref_fused(c, mul, add), add, 0)
+    opcheck_fused(c, mul, add)
 
 
 FLAGS = list(itertools.product([False, True], repeat=5))  # mul, add, x_per_route, out3d, S2
@@ -150,6 +161,7 @@ def test_fused_flags(device, flags):
         offset=offset, extra_cols=24, block_size=8 if per_route else 4,
     )
     check(c, run_fused(c, mul, add, offset), ref_fused(c, mul, add, offset), add, offset)
+    opcheck_fused(c, mul, add, offset)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -158,6 +170,7 @@ def test_stride0_experts_and_odd_offset(device, dtype):
     # Shared adapters (stride 0 on E), an offset that is not a multiple of 8 (scalar stores).
     c = make_case(device, dtype, shared_experts=True, offset=3, extra_cols=5, r=32, N=64)
     check(c, run_fused(c, True, True, 3), ref_fused(c, True, True, 3), True, 3)
+    opcheck_fused(c, True, True, 3)
 
 
 @pytest.mark.parametrize("device", DEVICES)
