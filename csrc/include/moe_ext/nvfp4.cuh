@@ -5,9 +5,9 @@
 // Arithmetic, all float32 with IEEE division (the reference in moe_ext/reference.py mirrors it):
 //   amax = max |x| over the block;  sf = e4m3(min(gs * amax / 6, 448))  (round to nearest even)
 //   r = sf > 0 ? gs / sf : 0;       code = sign(x * r) | e2m1_rne(|x * r|) (saturates at 6)
+//   dequantize: x' = e2m1(code) * (sf / gs)
 // Non-finite inputs: NaN is left out of amax and encodes as +0; +-inf gives the largest scale
 // (448) and saturates to +-6 (or, in a block of scale 0, encodes as +0).
-//   dequantize: x' = e2m1(code) * (sf / gs)
 // Packing: element 2i in the low nibble of byte i. Swizzled scales: 128x4 tiles, see
 // swizzled_offset().
 #pragma once
